@@ -1,0 +1,377 @@
+"""The backend facade: the one object the TUI, the CLI and the HTTP port call.
+
+`Backend.open(settings)` builds the adapters the config asks for and owns them. Every method is
+async, takes plain values and returns dataclasses from `backend.models` (or async iterators of
+them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from .cache import MemoryCache
+from .config import Settings
+from .embedded.logstore import EmbeddedLogStore
+from .embedded.tasks import SqliteTaskStore
+from .errors import NotFound, UsageError
+from .events import FieldNames, extract_event
+from .logql.strings import quote
+from .models import (
+    DEFAULT_TENANT,
+    AgentEvent,
+    CacheStats,
+    Direction,
+    Labels,
+    PushResult,
+    QueryResult,
+    SourceHealth,
+    Stream,
+    StreamsResult,
+    Summary,
+    TailBatch,
+    TailEntry,
+    Task,
+    TaskFilter,
+    TaskPage,
+    TaskSort,
+    TriageState,
+)
+from .ports import Cache, LogSource, Summarizer, TaskStore
+from .summarize.extractive import ExtractiveSummarizer
+
+NS = 1_000_000_000
+RUN_LOG_MARGIN_NS = 60 * NS  # look a minute around a run's first and last event for its lines
+
+
+@dataclass(slots=True)
+class SummaryChunk:
+    """One piece of a streamed summary; the last chunk carries the stored `summary`."""
+
+    text: str
+    summary: Summary | None = None
+
+
+class Backend:
+    """Facade over LogSource, TaskStore, Cache and Summarizer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        logs: LogSource,
+        tasks: TaskStore,
+        cache: Cache,
+        summarizer: Summarizer,
+    ) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.tasks = tasks
+        self.cache = cache
+        self.summarizer = summarizer
+        f = settings.fields
+        self.fields = FieldNames(
+            run_id=f.run_id,
+            agent=f.agent,
+            event=f.event,
+            level=f.level,
+            status=f.status,
+            model=f.model,
+            input_tokens=f.input_tokens,
+            output_tokens=f.output_tokens,
+            cost_usd=f.cost_usd,
+            task=f.task,
+            error_type=f.error_type,
+            error_message=f.error_message,
+            tool=f.tool,
+            step=f.step,
+        )
+        self._summary_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Backend:
+        """Build the adapters the settings ask for (today: the embedded default)."""
+        if settings.log_source != "embedded":
+            raise UsageError(
+                f"log_source: {settings.log_source!r} is not available in this version; "
+                "use the embedded store (log_source: embedded)"
+            )
+        if settings.tasks.store != "sqlite":
+            raise UsageError(
+                f"tasks.store: {settings.tasks.store!r} is not available in this version; "
+                "use sqlite"
+            )
+        emb = settings.embedded
+        logs = await EmbeddedLogStore.open(
+            settings.embedded_db_path,
+            retention_s=emb.retention,
+            max_line_bytes=emb.max_line_bytes,
+            tail_buffer=emb.tail_buffer,
+        )
+        try:
+            tasks = SqliteTaskStore(
+                settings.tasks_db_path, stall_after_s=settings.tasks.stall_after
+            )
+            await tasks.open()
+        except BaseException:
+            await logs.close()
+            raise
+        c = settings.cache
+        cache = MemoryCache(
+            max_entries=c.memory_max_entries, max_bytes=c.memory_max_bytes, default_ttl=c.memory_ttl
+        )
+        return cls(settings, logs=logs, tasks=tasks, cache=cache, summarizer=ExtractiveSummarizer())
+
+    async def close(self) -> None:
+        await asyncio.gather(self.logs.close(), self.tasks.close(), self.cache.close())
+
+    async def __aenter__(self) -> Backend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def describe_source(self) -> str:
+        """Where the logs come from, for headers and `config check`."""
+        if isinstance(self.logs, EmbeddedLogStore):
+            return f"embedded: {self.logs.path}"
+        return self.settings.log_source
+
+    # ------------------------------------------------------------------ ingest
+
+    async def push(self, streams: Sequence[Stream], tenant: str = DEFAULT_TENANT) -> PushResult:
+        """Store log entries and fold the agent events they carry into the task table."""
+        if isinstance(self.logs, EmbeddedLogStore):
+            result, accepted = await self.logs.push_detailed(streams, tenant)
+        else:
+            result = await self.logs.push(streams, tenant)
+            accepted = [TailEntry(s.labels, e) for s in streams for e in s.entries]
+        if accepted:
+            events = await asyncio.to_thread(self._extract_events, accepted)
+            if events:
+                result.runs_touched = await self.tasks.apply_events(events, tenant)
+        return result
+
+    def _extract_events(self, entries: Sequence[TailEntry]) -> list[AgentEvent]:
+        names = self.fields
+        out = []
+        for te in entries:
+            e = te.entry
+            ev = extract_event(e.ts, e.line, te.labels, e.metadata, names)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    # ------------------------------------------------------------------ logs
+
+    async def query(
+        self,
+        query: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        limit: int = 100,
+        direction: Direction = Direction.BACKWARD,
+        step_ns: int | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> QueryResult:
+        return await self.logs.query_range(
+            query,
+            start_ns,
+            end_ns,
+            limit=limit,
+            direction=direction,
+            step_ns=step_ns,
+            tenant=tenant,
+        )
+
+    async def query_instant(
+        self, query: str, time_ns: int, *, limit: int = 100, tenant: str = DEFAULT_TENANT
+    ) -> QueryResult:
+        return await self.logs.query_instant(query, time_ns, limit=limit, tenant=tenant)
+
+    async def labels(
+        self, start_ns: int, end_ns: int, query: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> list[str]:
+        return await self.logs.labels(start_ns, end_ns, query, tenant)
+
+    async def label_values(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        query: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> list[str]:
+        return await self.logs.label_values(name, start_ns, end_ns, query, tenant)
+
+    async def series(
+        self, selectors: Sequence[str], start_ns: int, end_ns: int, tenant: str = DEFAULT_TENANT
+    ) -> list[Labels]:
+        return await self.logs.series(selectors, start_ns, end_ns, tenant)
+
+    def tail(
+        self,
+        query: str,
+        start_ns: int | None = None,
+        *,
+        limit: int = 100,
+        tenant: str = DEFAULT_TENANT,
+    ) -> AsyncIterator[TailBatch]:
+        return self.logs.tail(query, start_ns, limit=limit, tenant=tenant)
+
+    def run_selector(self, task: Task) -> str:
+        """A stream selector that covers a run's streams."""
+        agent_label = self.fields.agent
+        if task.agent:
+            return "{" + f"{agent_label}={quote(task.agent)}" + "}"
+        return "{" + f'{agent_label}=~".+"' + "}"
+
+    async def run_logs(
+        self, run_id: str, *, limit: int = 5000, tenant: str = DEFAULT_TENANT
+    ) -> list[TailEntry]:
+        """A run's log lines, oldest first. The run id may sit in a label, in structured metadata
+        or only in the JSON line: the cheap query comes first, the JSON parse only if needed."""
+        task = await self.tasks.get(run_id, tenant)
+        if task is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        first = task.started_at or task.last_seen or time.time_ns()
+        last = task.ended_at or task.last_seen or time.time_ns()
+        start, end = first - RUN_LOG_MARGIN_NS, max(last, first) + RUN_LOG_MARGIN_NS
+        sel = self.run_selector(task)
+        rid, q_id = self.fields.run_id, quote(run_id)
+        queries = [f"{sel} | {rid}={q_id}", f"{sel} |= {q_id} | json | {rid}={q_id}"]
+        for q in queries:
+            res = await self.logs.query_range(
+                q, start, end, limit=limit, direction=Direction.FORWARD, tenant=tenant
+            )
+            assert isinstance(res, StreamsResult)
+            entries = [TailEntry(s.labels, e) for s in res.streams for e in s.entries]
+            if entries:
+                entries.sort(key=lambda te: te.entry.ts)
+                return entries
+        return []
+
+    # ------------------------------------------------------------------ tasks
+
+    async def list_tasks(
+        self,
+        flt: TaskFilter | None = None,
+        *,
+        sort: TaskSort = TaskSort.FAILING_FIRST,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        return await self.tasks.list(flt or TaskFilter(), sort=sort, limit=limit, cursor=cursor)
+
+    async def get_task(self, run_id: str, tenant: str = DEFAULT_TENANT) -> Task:
+        task = await self.tasks.get(run_id, tenant)
+        if task is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        return task
+
+    async def set_triage(
+        self,
+        run_id: str,
+        state: TriageState,
+        *,
+        by: str,
+        note: str = "",
+        tenant: str = DEFAULT_TENANT,
+    ) -> Task:
+        return await self.tasks.set_triage(run_id, state, by=by, note=note, tenant=tenant)
+
+    async def set_status(self, run_id: str, status: str, tenant: str = DEFAULT_TENANT) -> Task:
+        return await self.tasks.set_status(run_id, status, tenant=tenant)
+
+    async def task_counts(self, flt: TaskFilter | None = None) -> dict[str, int]:
+        return await self.tasks.counts(flt or TaskFilter())
+
+    # ------------------------------------------------------------------ summaries
+
+    async def summarize(
+        self, run_id: str, *, refresh: bool = False, tenant: str = DEFAULT_TENANT
+    ) -> AsyncIterator[SummaryChunk]:
+        """Stream a run's summary. A stored summary of the same logs and summarizer is replayed
+        (unless `refresh`); concurrent requests for one run wait for the first."""
+        task = await self.get_task(run_id, tenant)
+        entries = await self.run_logs(run_id, tenant=tenant)
+        lines = [te.entry.line for te in entries]
+        digest = hashlib.sha256(
+            orjson.dumps([self.summarizer.name, task.status, lines])
+        ).hexdigest()[:32]
+        key = f"summary:{tenant}:{run_id}:{digest}"
+        lock = self._summary_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if not refresh:
+                cached = await self._cached_summary(key, run_id, digest, tenant)
+                if cached is not None:
+                    yield SummaryChunk(cached.text, cached)
+                    return
+            parts: list[str] = []
+            async for chunk in self.summarizer.summarize(task, lines):
+                parts.append(chunk)
+                yield SummaryChunk(chunk)
+            summary = Summary(
+                run_id=run_id,
+                text="".join(parts),
+                model=self.summarizer.name,
+                offline=self.summarizer.name == "extractive",
+                input_hash=digest,
+                created_at=time.time_ns(),
+            )
+            await self.tasks.save_summary(summary, tenant)
+            await self.cache.set(key, orjson.dumps(_summary_dict(summary)))
+            yield SummaryChunk("", summary)
+        self._summary_locks.pop(key, None)
+
+    async def _cached_summary(
+        self, key: str, run_id: str, digest: str, tenant: str
+    ) -> Summary | None:
+        raw = await self.cache.get(key)
+        if raw is not None:
+            return Summary(**orjson.loads(raw))
+        stored = await self.tasks.get_summary(run_id, digest, tenant)
+        if stored is not None and stored.model == self.summarizer.name:
+            await self.cache.set(key, orjson.dumps(_summary_dict(stored)))
+            return stored
+        return None
+
+    async def summary(
+        self, run_id: str, *, refresh: bool = False, tenant: str = DEFAULT_TENANT
+    ) -> Summary:
+        """The whole summary at once (see `summarize`)."""
+        last: Summary | None = None
+        async for chunk in self.summarize(run_id, refresh=refresh, tenant=tenant):
+            if chunk.summary is not None:
+                last = chunk.summary
+        assert last is not None
+        return last
+
+    # ------------------------------------------------------------------ health and stats
+
+    async def health(self) -> list[SourceHealth]:
+        return list(await asyncio.gather(self.logs.health(), self.tasks.health()))
+
+    async def cache_stats(self) -> list[CacheStats]:
+        return await self.cache.stats()
+
+
+def _summary_dict(s: Summary) -> dict[str, object]:
+    return {
+        "run_id": s.run_id,
+        "text": s.text,
+        "model": s.model,
+        "offline": s.offline,
+        "input_hash": s.input_hash,
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "cost_usd": s.cost_usd,
+        "created_at": s.created_at,
+        "error": s.error,
+    }
