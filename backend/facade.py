@@ -28,6 +28,9 @@ from .models import (
     CacheStats,
     Direction,
     Labels,
+    Pattern,
+    PatternKind,
+    PatternReport,
     PushResult,
     QueryResult,
     SourceHealth,
@@ -41,6 +44,17 @@ from .models import (
     TaskPage,
     TaskSort,
     TriageState,
+)
+from .patterns.failures import (
+    ERROR_LEVEL_RE,
+    WARN_LEVEL_RE,
+    error_lines,
+    loop_signals,
+    mine_patterns,
+    retry_storm_signals,
+    signal_patterns,
+    sort_by_impact,
+    task_signals,
 )
 from .ports import Cache, LogSource, Summarizer, TaskStore
 from .summarize.extractive import ExtractiveSummarizer
@@ -353,6 +367,157 @@ class Backend:
         assert last is not None
         return last
 
+    # ------------------------------------------------------------------ failure patterns
+
+    async def collect_entries(
+        self,
+        query: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        cap: int = 200_000,
+        tenant: str = DEFAULT_TENANT,
+    ) -> list[TailEntry]:
+        """All entries of a log query in [start, end), oldest first, paging backward past the
+        source's per-query limit (next end = oldest seen + 1 ns; entries at that boundary already
+        seen are dropped, since several may share a nanosecond). Stops at `cap` entries."""
+        page = min(cap, getattr(self.logs, "max_entries_per_query", 5000))
+        out: list[TailEntry] = []
+        seen_at_boundary: set[tuple[str, str]] = set()
+        end = end_ns
+        while len(out) < cap and end > start_ns:
+            res = await self.logs.query_range(query, start_ns, end, limit=page, tenant=tenant)
+            if not isinstance(res, StreamsResult):
+                raise UsageError(f"expected a log query, got a metric query: {query}")
+            got = [TailEntry(s.labels, e) for s in res.streams for e in s.entries]
+            if not got:
+                break
+            oldest = min(te.entry.ts for te in got)
+            fresh = [
+                te
+                for te in got
+                if te.entry.ts != end - 1 or (te.entry.line, str(te.labels)) not in seen_at_boundary
+            ]
+            out.extend(fresh)
+            if len(got) < page:
+                break
+            seen_at_boundary = {
+                (te.entry.line, str(te.labels)) for te in got if te.entry.ts == oldest
+            }
+            end = oldest + 1
+        out.sort(key=lambda te: te.entry.ts)
+        return out[-cap:]
+
+    async def failure_patterns(
+        self,
+        start_ns: int,
+        end_ns: int,
+        *,
+        agent: str | None = None,
+        run_id: str | None = None,
+        buckets: int = 30,
+        tenant: str = DEFAULT_TENANT,
+    ) -> PatternReport:
+        """Error templates and agent failure signals of [start, end), each compared with the
+        previous window of the same length. Cached: briefly when the window touches now, for
+        longer when it lies wholly in the past."""
+        if end_ns <= start_ns:
+            raise UsageError("the time window is empty: its end must be after its start")
+        now = time.time_ns()
+        key = f"patterns:{tenant}:{start_ns}:{end_ns}:{agent or ''}:{run_id or ''}:{buckets}"
+        raw = await self.cache.get(key)
+        if raw is not None:
+            return _report_from_json(raw)
+        report = await self._compute_patterns(start_ns, end_ns, agent, run_id, buckets, tenant)
+        ttl = 15.0 if end_ns > now - 60 * NS else 3600.0
+        await self.cache.set(key, orjson.dumps(report), ttl)
+        return report
+
+    async def _compute_patterns(
+        self,
+        start_ns: int,
+        end_ns: int,
+        agent: str | None,
+        run_id: str | None,
+        buckets: int,
+        tenant: str,
+    ) -> PatternReport:
+        names = self.fields
+        prev_start = start_ns - (end_ns - start_ns)
+        if run_id:
+            scoped = await self.run_logs(run_id, tenant=tenant)
+            errors_in = warns_in = tools_in = scoped
+        else:
+            agent_m = f", {names.agent}={quote(agent)}" if agent else ""
+            lvl = names.level
+            errors_in, warns_in, tools_in = await asyncio.gather(
+                self.collect_entries(
+                    "{" + f"{lvl}=~{quote(ERROR_LEVEL_RE)}{agent_m}" + "}",
+                    prev_start,
+                    end_ns,
+                    tenant=tenant,
+                ),
+                self.collect_entries(
+                    "{"
+                    + f"{lvl}=~{quote(WARN_LEVEL_RE)}{agent_m}"
+                    + "}"
+                    + ' |~ "(?i)(429|50[0234]|rate.?limit|retry)"',
+                    prev_start,
+                    end_ns,
+                    tenant=tenant,
+                ),
+                self.collect_entries(
+                    "{"
+                    + (f"{names.agent}={quote(agent)}" if agent else f'{names.agent}=~".+"')
+                    + "}"
+                    + ' |= "tool.call"',
+                    prev_start,
+                    end_ns,
+                    tenant=tenant,
+                ),
+            )
+        flt = TaskFilter(
+            since_ns=prev_start,
+            until_ns=end_ns,
+            agents=(agent,) if agent else (),
+            run_ids=(run_id,) if run_id else (),
+            tenant=tenant,
+        )
+        tasks: list[Task] = []
+        cursor: str | None = None
+        while len(tasks) < 50_000:
+            page = await self.tasks.list(flt, sort=TaskSort.NEWEST, limit=500, cursor=cursor)
+            tasks.extend(page.tasks)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+
+        def compute() -> PatternReport:
+            lines = error_lines(errors_in, names)
+            patterns, per_bucket = mine_patterns(lines, start_ns, end_ns, buckets)
+            sigs = (
+                loop_signals(tools_in, names)
+                + retry_storm_signals([*errors_in, *warns_in], names)
+                + task_signals(tasks)
+            )
+            patterns += signal_patterns(sigs, start_ns, end_ns, buckets)
+            bucket_ns = max(1, (end_ns - start_ns) // buckets)
+            per_min = bucket_ns / (60 * NS)
+            rate = [
+                ((start_ns + (i + 1) * bucket_ns) / NS, n / per_min)
+                for i, n in enumerate(per_bucket)
+            ]
+            return PatternReport(
+                start_ns=start_ns,
+                end_ns=end_ns,
+                bucket_ns=bucket_ns,
+                patterns=sort_by_impact(patterns),
+                error_rate=rate,
+                error_lines=sum(per_bucket),
+            )
+
+        return await asyncio.to_thread(compute)
+
     # ------------------------------------------------------------------ health and stats
 
     async def health(self) -> list[SourceHealth]:
@@ -360,6 +525,18 @@ class Backend:
 
     async def cache_stats(self) -> list[CacheStats]:
         return await self.cache.stats()
+
+
+def _report_from_json(raw: bytes) -> PatternReport:
+    d = orjson.loads(raw)
+    return PatternReport(
+        start_ns=d["start_ns"],
+        end_ns=d["end_ns"],
+        bucket_ns=d["bucket_ns"],
+        patterns=[Pattern(**{**p, "kind": PatternKind(p["kind"])}) for p in d["patterns"]],
+        error_rate=[(t, v) for t, v in d["error_rate"]],
+        error_lines=d["error_lines"],
+    )
 
 
 def _summary_dict(s: Summary) -> dict[str, object]:

@@ -298,3 +298,44 @@ class SourceHealth:
     reason: str = ""
     since: int = 0  # ns
     latency_ms: float | None = None
+
+
+# ---------------------------------------------------------------- failure patterns
+
+
+class PatternKind(enum.StrEnum):
+    ERROR = "error"  # a template mined from error lines
+    LOOP = "loop"  # the same tool call with the same arguments repeated in a run
+    RETRY_STORM = "retry_storm"  # many 429/5xx retries in a short span
+    STALL = "stall"  # a running run silent longer than the stall threshold
+    COST_SPIKE = "cost_spike"  # a run's cost far above its agent's median
+
+
+@dataclass(slots=True)
+class Pattern:
+    """A failure pattern in a time window: a mined error template or an agent failure signal."""
+
+    id: str  # stable across refreshes for the same template/signal
+    kind: PatternKind
+    template: str  # `<*>` marks variables; for signals, a readable description
+    count: int  # matching lines (or signal occurrences) in the window
+    run_ids: list[str]  # affected runs (capped; see run_count)
+    run_count: int
+    agents: list[str]
+    first_seen: int  # ns
+    last_seen: int  # ns
+    trend: list[int]  # count per bucket across the window, oldest first
+    samples: list[str]  # a few raw lines
+    new: bool = False  # absent from the previous window of the same length
+    previous_count: int = 0  # count in that previous window
+    growth: float | None = None  # count / previous_count (None when previous is 0)
+
+
+@dataclass(slots=True)
+class PatternReport:
+    start_ns: int
+    end_ns: int
+    bucket_ns: int
+    patterns: list[Pattern]  # sorted by impact: affected runs, then count
+    error_rate: list[tuple[float, float]] = field(default_factory=list)  # (unix s, errors/min)
+    error_lines: int = 0

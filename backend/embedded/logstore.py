@@ -137,6 +137,8 @@ class _Plan:
 class EmbeddedLogStore:
     """LogSource on SQLite. Build with `await EmbeddedLogStore.open(path, ...)`."""
 
+    max_entries_per_query = MAX_LIMIT
+
     def __init__(
         self,
         path: Path,
