@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from .analytics import llm_calls, window_stats
+from .analytics import performance as performance_of
 from .cache import MemoryCache
 from .config import Settings
 from .embedded.logstore import EmbeddedLogStore
@@ -22,15 +24,18 @@ from .embedded.tasks import SqliteTaskStore
 from .errors import NotFound, UsageError
 from .events import FieldNames, extract_event
 from .logql.strings import quote
+from .logql.timefmt import format_duration
 from .models import (
     DEFAULT_TENANT,
     AgentEvent,
     CacheStats,
     Direction,
     Labels,
+    Overview,
     Pattern,
     PatternKind,
     PatternReport,
+    Performance,
     PushResult,
     QueryResult,
     SourceHealth,
@@ -44,6 +49,7 @@ from .models import (
     TaskPage,
     TaskSort,
     TriageState,
+    VectorResult,
 )
 from .patterns.failures import (
     ERROR_LEVEL_RE,
@@ -483,14 +489,7 @@ class Backend:
             run_ids=(run_id,) if run_id else (),
             tenant=tenant,
         )
-        tasks: list[Task] = []
-        cursor: str | None = None
-        while len(tasks) < 50_000:
-            page = await self.tasks.list(flt, sort=TaskSort.NEWEST, limit=500, cursor=cursor)
-            tasks.extend(page.tasks)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        tasks = await self._all_tasks(flt)
 
         def compute() -> PatternReport:
             lines = error_lines(errors_in, names)
@@ -515,6 +514,78 @@ class Backend:
                 error_rate=rate,
                 error_lines=sum(per_bucket),
             )
+
+        return await asyncio.to_thread(compute)
+
+    # ------------------------------------------------------------------ analytics
+
+    async def _all_tasks(self, flt: TaskFilter, cap: int = 50_000) -> list[Task]:
+        """Every run the filter selects (up to `cap`), newest first, page by page."""
+        tasks: list[Task] = []
+        cursor: str | None = None
+        while len(tasks) < cap:
+            page = await self.tasks.list(flt, sort=TaskSort.NEWEST, limit=500, cursor=cursor)
+            tasks.extend(page.tasks)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return tasks
+
+    async def _log_totals(self, start_ns: int, end_ns: int, tenant: str) -> tuple[int, int, int]:
+        """(error lines, log lines, log bytes) in (start, end], from metric queries."""
+        rng = format_duration(end_ns - start_ns)
+        lvl, agent = self.fields.level, self.fields.agent
+        queries = [
+            f"sum(count_over_time({{{lvl}=~{quote(ERROR_LEVEL_RE)}}}[{rng}]))",
+            f'sum(count_over_time({{{agent}=~".+"}}[{rng}]))',
+            f'sum(bytes_over_time({{{agent}=~".+"}}[{rng}]))',
+        ]
+        out = []
+        for q in queries:
+            res = await self.logs.query_instant(q, end_ns, tenant=tenant)
+            value = 0.0
+            if isinstance(res, VectorResult) and res.samples:
+                value = res.samples[0].value
+            out.append(int(value))
+        return out[0], out[1], out[2]
+
+    async def overview(
+        self, start_ns: int, end_ns: int, *, tenant: str = DEFAULT_TENANT
+    ) -> Overview:
+        """Runs by status, success rate, active and stalled runs, error lines, log volume,
+        tokens and cost for [start, end) and for the previous window of the same length."""
+        if end_ns <= start_ns:
+            raise UsageError("the time window is empty: its end must be after its start")
+        prev = start_ns - (end_ns - start_ns)
+        tasks = await self._all_tasks(TaskFilter(since_ns=prev, until_ns=end_ns, tenant=tenant))
+        cur_logs, prev_logs = await asyncio.gather(
+            self._log_totals(start_ns, end_ns, tenant), self._log_totals(prev, start_ns, tenant)
+        )
+        windows = []
+        for (lo, hi), (errs, lines, nbytes) in (
+            ((start_ns, end_ns), cur_logs),
+            ((prev, start_ns), prev_logs),
+        ):
+            windows.append(
+                window_stats(tasks, lo, hi, error_lines=errs, log_lines=lines, log_bytes=nbytes)
+            )
+        return Overview(current=windows[0], previous=windows[1])
+
+    async def performance(
+        self, start_ns: int, end_ns: int, *, buckets: int = 24, tenant: str = DEFAULT_TENANT
+    ) -> Performance:
+        """Run durations p50/p95/p99 by agent, task and time bucket; runs per hour; LLM calls'
+        latency, tokens and cost by model."""
+        if end_ns <= start_ns:
+            raise UsageError("the time window is empty: its end must be after its start")
+        tasks = await self._all_tasks(TaskFilter(since_ns=start_ns, until_ns=end_ns, tenant=tenant))
+        entries = await self.collect_entries(
+            "{" + f'{self.fields.agent}=~".+"' + '} |= "llm.call"', start_ns, end_ns, tenant=tenant
+        )
+        names = self.fields
+
+        def compute() -> Performance:
+            return performance_of(tasks, llm_calls(entries, names), start_ns, end_ns, buckets)
 
         return await asyncio.to_thread(compute)
 

@@ -339,3 +339,64 @@ class PatternReport:
     patterns: list[Pattern]  # sorted by impact: affected runs, then count
     error_rate: list[tuple[float, float]] = field(default_factory=list)  # (unix s, errors/min)
     error_lines: int = 0
+
+
+# ---------------------------------------------------------------- analytics
+
+
+@dataclass(slots=True)
+class WindowStats:
+    """Figures of one time window (the overview shows the current and the previous one)."""
+
+    start_ns: int
+    end_ns: int
+    runs: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    success_rate: float | None = None  # succeeded / ended runs; None when no run ended
+    active: int = 0  # running, not stalled
+    stalled: int = 0
+    error_lines: int = 0
+    log_lines: int = 0
+    log_bytes: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class Overview:
+    current: WindowStats
+    previous: WindowStats
+
+
+@dataclass(slots=True)
+class Percentiles:
+    count: int
+    p50: float
+    p95: float
+    p99: float
+
+
+@dataclass(slots=True)
+class ModelUsage:
+    model: str
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: Percentiles | None = None
+
+
+@dataclass(slots=True)
+class Performance:
+    """Run durations (seconds) by agent, by task and per time bucket; LLM usage by model."""
+
+    start_ns: int
+    end_ns: int
+    bucket_ns: int
+    duration_by_agent: dict[str, Percentiles]
+    duration_by_task: dict[str, Percentiles]
+    duration_by_bucket: list[tuple[float, Percentiles | None]]  # (bucket end, unix s)
+    runs_per_hour: list[tuple[float, float]]  # (bucket end, unix s; runs started per hour)
+    models: list[ModelUsage]
+    llm_latency_ms: Percentiles | None = None
