@@ -52,6 +52,7 @@ from ..models import (
     TriageState,
     VectorResult,
 )
+from . import insights
 from . import output as out
 from .progress import Progress
 
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--backfill", metavar="D", help="write this much history first, e.g. 24h")
     dm.add_argument("--seed", type=int, metavar="S", help="random seed (demo.seed)")
     dm.add_argument("--speed", type=float, default=1.0, metavar="X", help="live time compression")
+
+    insights.add_parsers(verb)
 
     cf = verb("config", "configuration")
     cf_verbs = cf.add_subparsers(dest="config_verb", metavar="ACTION", parser_class=_Parser)
@@ -813,6 +816,8 @@ ASYNC_VERBS: dict[str, Callable[[Ctx], Coroutine[Any, Any, int]]] = {
     "triage": cmd_triage,
     "ingest": cmd_ingest,
     "demo": cmd_demo,
+    "patterns": insights.cmd_patterns,
+    "analytics": insights.cmd_analytics,
 }
 CTRL_C_IS_NORMAL = frozenset({"tail", "demo"})
 
