@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -832,7 +833,14 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if verb is None:
         return _run_tui(ctx, parser)
     fn = ASYNC_VERBS[verb]
-    return _run_async(lambda: fn(ctx))
+    if verb not in CTRL_C_IS_NORMAL:
+        return _run_async(lambda: fn(ctx))
+    # `kill` / `timeout` stop a demo or tail the way Ctrl-C does: cleanly, with the final line.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run_async(lambda: fn(ctx))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _prefer_replacement(stream: TextIO) -> None:
