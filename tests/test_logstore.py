@@ -411,3 +411,25 @@ async def test_locked_database_is_a_storage_error(tmp_path: Path) -> None:
         other.rollback()
         other.close()
         await s.close()
+
+
+async def test_full_disk_is_a_storage_error_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """SQLite's max_page_count stands in for a full disk: the push that does not fit fails as a
+    whole with a clear StorageError, and every entry acknowledged before stays readable."""
+    path = tmp_path / "full.sqlite3"
+    s = await EmbeddedLogStore.open(path, clock=Clock(), max_line_bytes=10_000)
+    try:
+        acked = 0
+        await s._db.write(lambda c: c.execute("PRAGMA max_page_count = 200"), transaction=False)
+        with pytest.raises(StorageError, match="full"):
+            for i in range(1000):
+                batch = [
+                    LogEntry(T0 - NS + i * 100 + k, f"{i}-{k} " + "x" * 2000) for k in range(10)
+                ]
+                res = await s.push([Stream({"agent": "a"}, batch)])
+                acked += res.accepted
+        assert acked > 0
+        got = entries(await s.query_range('{agent="a"}', T0 - 2 * NS, T0 + NS, limit=100_000))
+        assert len(got) == acked
+    finally:
+        await s.close()
