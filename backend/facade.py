@@ -17,7 +17,6 @@ import orjson
 
 from .analytics import llm_calls, window_stats
 from .analytics import performance as performance_of
-from .cache import MemoryCache
 from .config import Settings
 from .embedded.logstore import EmbeddedLogStore
 from .embedded.tasks import SqliteTaskStore
@@ -63,7 +62,14 @@ from .patterns.failures import (
     task_signals,
 )
 from .ports import Cache, LogSource, Summarizer, TaskStore
+from .redis_cache import open_cache
 from .summarize.extractive import ExtractiveSummarizer
+from .summarize.openrouter import (
+    OpenRouterSummarizer,
+    PreparedInput,
+    SummarizerError,
+    Usage,
+)
 
 NS = 1_000_000_000
 RUN_LOG_MARGIN_NS = 60 * NS  # look a minute around a run's first and last event for its lines
@@ -111,7 +117,7 @@ class Backend:
             tool=f.tool,
             step=f.step,
         )
-        self._summary_locks: dict[str, asyncio.Lock] = {}
+        self._summary_flights: dict[str, _SummaryFlight] = {}
 
     @classmethod
     async def open(cls, settings: Settings) -> Backend:
@@ -141,11 +147,15 @@ class Backend:
         except BaseException:
             await logs.close()
             raise
-        c = settings.cache
-        cache = MemoryCache(
-            max_entries=c.memory_max_entries, max_bytes=c.memory_max_bytes, default_ttl=c.memory_ttl
+        # Memory LRU, in front of Redis when redis.enabled (never fails on a Redis that is down:
+        # it starts memory-only and reconnects by itself).
+        cache: Cache = await open_cache(settings.cache, settings.redis)
+        summarizer: Summarizer = (
+            OpenRouterSummarizer(settings.summarizer)
+            if settings.summarizer.effective_provider == "openrouter"
+            else ExtractiveSummarizer()
         )
-        return cls(settings, logs=logs, tasks=tasks, cache=cache, summarizer=ExtractiveSummarizer())
+        return cls(settings, logs=logs, tasks=tasks, cache=cache, summarizer=summarizer)
 
     async def close(self) -> None:
         await asyncio.gather(self.logs.close(), self.tasks.close(), self.cache.close())
@@ -315,59 +325,176 @@ class Backend:
     # ------------------------------------------------------------------ summaries
 
     async def summarize(
-        self, run_id: str, *, refresh: bool = False, tenant: str = DEFAULT_TENANT
+        self,
+        run_id: str,
+        *,
+        refresh: bool = False,
+        model: str | None = None,
+        signals: Sequence[str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> AsyncIterator[SummaryChunk]:
-        """Stream a run's summary. A stored summary of the same logs and summarizer is replayed
-        (unless `refresh`); concurrent requests for one run wait for the first."""
+        """Stream a run's summary; the last chunk carries the stored `Summary`.
+
+        With OpenRouter, the run's lines are redacted and compressed into a prompt (with the
+        run's facts and failure signals; `signals` None detects them in the lines); the prompt's
+        hash, with tenant, run and model, keys the stored summary, which is replayed from the
+        cache or the task table without a request unless `refresh`. Concurrent requests for the
+        same key share ONE request and all stream it as it arrives (it completes, and is stored,
+        even if every reader goes away; a `refresh` that finds one in flight joins it). `model`
+        overrides summarizer.model for this request. If the AI summary fails (no key, a rejected
+        key, no credit, a timeout...), a chunk says so and why, the extractive summary follows,
+        and the final `Summary` is the extractive one with `error` set: stored in the task table
+        but not cached, so the next request tries the AI again. Any other summarizer (the extractive
+        one) is keyed by a hash of the raw lines.
+        """
         task = await self.get_task(run_id, tenant)
         entries = await self.run_logs(run_id, tenant=tenant)
         lines = [te.entry.line for te in entries]
-        digest = hashlib.sha256(
-            orjson.dumps([self.summarizer.name, task.status, lines])
-        ).hexdigest()[:32]
-        key = f"summary:{tenant}:{run_id}:{digest}"
-        lock = self._summary_locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        ai = self.summarizer if isinstance(self.summarizer, OpenRouterSummarizer) else None
+        prepared: PreparedInput | None = None
+        if ai is not None:
+
+            def prepare() -> PreparedInput:
+                sig = self._run_signals(task, entries) if signals is None else signals
+                return ai.prepare(task, lines, sig)
+
+            prepared = await asyncio.to_thread(prepare)
+            model_id = model or ai.model
+            digest = prepared.input_hash
+        else:
+            model_id = self.summarizer.name
+            digest = hashlib.sha256(orjson.dumps([model_id, task.status, lines])).hexdigest()[:32]
+        key = f"summary:{tenant}:{run_id}:{model_id}:{digest}"
+        flight = self._summary_flights.get(key)
+        if flight is None:  # no await since the lookup: nobody else can start this key now
+            flight = _SummaryFlight()
+            self._summary_flights[key] = flight
+            flight.task = asyncio.create_task(
+                self._make_summary(
+                    flight, key, task, lines, prepared, model_id, digest, refresh, tenant
+                )
+            )
+        async for chunk in flight.follow():
+            yield chunk
+
+    def _run_signals(self, task: Task, entries: Sequence[TailEntry]) -> list[str]:
+        """The agent failure signals (loop, retry storm, stall) found in one run, described."""
+        tools = [te for te in entries if "tool.call" in te.entry.line]  # as failure_patterns
+        sigs = (
+            loop_signals(tools, self.fields)
+            + retry_storm_signals(entries, self.fields)
+            + task_signals([task])
+        )
+        return list(dict.fromkeys(s.description for s in sigs))
+
+    async def _make_summary(
+        self,
+        flight: _SummaryFlight,
+        key: str,
+        task: Task,
+        lines: list[str],
+        prepared: PreparedInput | None,
+        model_id: str,
+        digest: str,
+        refresh: bool,
+        tenant: str,
+    ) -> None:
+        """The one producer of a flight: replay, or summarize, store and publish."""
+        try:
             if not refresh:
-                cached = await self._cached_summary(key, run_id, digest, tenant)
+                cached = await self._cached_summary(key, task.run_id, digest, tenant, model_id)
                 if cached is not None:
-                    yield SummaryChunk(cached.text, cached)
+                    flight.push(SummaryChunk(cached.text, cached))
                     return
+            error = ""
             parts: list[str] = []
-            async for chunk in self.summarizer.summarize(task, lines):
-                parts.append(chunk)
-                yield SummaryChunk(chunk)
+            usage = Usage()
+            stream = None
+            try:
+                if prepared is not None and isinstance(self.summarizer, OpenRouterSummarizer):
+                    stream = self.summarizer.complete(prepared.messages, model=model_id)
+                    chunks: AsyncIterator[str] = stream.__aiter__()
+                else:
+                    chunks = self.summarizer.summarize(task, lines)
+                async for text in chunks:
+                    parts.append(text)
+                    flight.push(SummaryChunk(text))
+            except SummarizerError as exc:
+                error = str(exc)
+            if stream is not None and stream.usage is not None:
+                usage = stream.usage
+            if not error:
+                summary = Summary(
+                    run_id=task.run_id,
+                    text="".join(parts),
+                    model=model_id,
+                    offline=model_id == "extractive",
+                    input_hash=digest,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_usd=usage.cost_usd or 0.0,
+                    created_at=time.time_ns(),
+                )
+                await self.tasks.save_summary(summary, tenant)
+                await self.cache.set(key, orjson.dumps(_summary_dict(summary)))
+                flight.push(SummaryChunk("", summary))
+                return
+            # the fallback: say why, then the extractive summary (stored, never cached)
+            lead = "\n\n" if parts else ""
+            flight.push(SummaryChunk(f"{lead}AI summary failed: {error}.\n\n"))
+            offline: list[str] = []
+            async for text in ExtractiveSummarizer().summarize(task, lines):
+                offline.append(text)
+                flight.push(SummaryChunk(text))
             summary = Summary(
-                run_id=run_id,
-                text="".join(parts),
-                model=self.summarizer.name,
-                offline=self.summarizer.name == "extractive",
+                run_id=task.run_id,
+                text="".join(offline),
+                model="extractive",
+                offline=True,
                 input_hash=digest,
+                input_tokens=usage.input_tokens,  # a stream that broke off may still be billed
+                output_tokens=usage.output_tokens,
+                cost_usd=usage.cost_usd or 0.0,
                 created_at=time.time_ns(),
+                error=error,
             )
             await self.tasks.save_summary(summary, tenant)
-            await self.cache.set(key, orjson.dumps(_summary_dict(summary)))
-            yield SummaryChunk("", summary)
-        self._summary_locks.pop(key, None)
+            flight.push(SummaryChunk("", summary))
+        except BaseException as exc:
+            flight.finish(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            flight.finish()
+            if self._summary_flights.get(key) is flight:
+                del self._summary_flights[key]
 
     async def _cached_summary(
-        self, key: str, run_id: str, digest: str, tenant: str
+        self, key: str, run_id: str, digest: str, tenant: str, model_id: str
     ) -> Summary | None:
         raw = await self.cache.get(key)
         if raw is not None:
             return Summary(**orjson.loads(raw))
         stored = await self.tasks.get_summary(run_id, digest, tenant)
-        if stored is not None and stored.model == self.summarizer.name:
+        if stored is not None and stored.model == model_id and not stored.error:
             await self.cache.set(key, orjson.dumps(_summary_dict(stored)))
             return stored
         return None
 
     async def summary(
-        self, run_id: str, *, refresh: bool = False, tenant: str = DEFAULT_TENANT
+        self,
+        run_id: str,
+        *,
+        refresh: bool = False,
+        model: str | None = None,
+        signals: Sequence[str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Summary:
         """The whole summary at once (see `summarize`)."""
         last: Summary | None = None
-        async for chunk in self.summarize(run_id, refresh=refresh, tenant=tenant):
+        async for chunk in self.summarize(
+            run_id, refresh=refresh, model=model, signals=signals, tenant=tenant
+        ):
             if chunk.summary is not None:
                 last = chunk.summary
         assert last is not None
@@ -592,7 +719,12 @@ class Backend:
     # ------------------------------------------------------------------ health and stats
 
     async def health(self) -> list[SourceHealth]:
-        return list(await asyncio.gather(self.logs.health(), self.tasks.health()))
+        """Each source's state (logs, tasks, and the shared cache when there is one)."""
+        probes = [self.logs.health(), self.tasks.health()]
+        cache_health = getattr(self.cache, "health", None)
+        if cache_health is not None:
+            probes.append(cache_health())
+        return list(await asyncio.gather(*probes))
 
     async def cache_stats(self) -> list[CacheStats]:
         return await self.cache.stats()
@@ -623,3 +755,42 @@ def _summary_dict(s: Summary) -> dict[str, object]:
         "created_at": s.created_at,
         "error": s.error,
     }
+
+
+class _SummaryFlight:
+    """A summary being made: its producer pushes chunks, every caller for the key follows them
+    from the start (late joiners catch up, then stream live)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[SummaryChunk] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None  # the producer (held here, so it lives)
+        self._wake = asyncio.Event()
+
+    def push(self, chunk: SummaryChunk) -> None:
+        self.chunks.append(chunk)
+        self._notify()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done:
+            self.done, self.error = True, error
+            self._notify()
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[SummaryChunk]:
+        i = 0
+        while True:
+            wake = self._wake
+            if i < len(self.chunks):
+                i += 1
+                yield self.chunks[i - 1]
+            elif self.done:
+                if self.error is not None:
+                    raise self.error
+                return
+            else:
+                await wake.wait()
