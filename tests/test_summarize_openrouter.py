@@ -471,3 +471,32 @@ def test_cli_summarize_streams_from_the_fake(
     assert captured.out.startswith("The run hit rate limits.")
     assert "$0.0123" in captured.err or "$0.0123" in captured.out
     assert len(fake.requests) == 1
+
+
+def test_cli_summarize_model_flag_picks_the_model(
+    capsys: pytest.CaptureFixture[str],
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AGENTLOG_") or name.startswith("OPENROUTER_"):
+            monkeypatch.delenv(name)
+    data = tmp_path / "data"
+
+    async def seed() -> None:
+        b = await Backend.open(
+            load_config(None, env={}, overrides={"data_dir": str(data)}).settings
+        )
+        try:
+            await push_run(b, run_lines())
+        finally:
+            await b.close()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    monkeypatch.setenv("AGENTLOG_SUMMARIZER__BASE_URL", fake.base_url)
+    fake.reply(Reply(chunks=["ok"], cost=0.001))
+    assert cli.main(["--data-dir", str(data), "summarize", RUN, "--model", "openai/gpt-4o"]) == 0
+    capsys.readouterr()
+    assert [r.body["model"] for r in fake.requests] == ["openai/gpt-4o"]

@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm = verb("summarize", "summarize a run (streams as it is written)")
     sm.add_argument("run_id", metavar="RUN_ID")
     sm.add_argument("--refresh", action="store_true", help="ignore a stored summary")
+    sm.add_argument("--model", metavar="M", help="OpenRouter model (default summarizer.model)")
 
     tr = verb("triage", "mark a run: ack, resolve, ignore or new")
     tr.add_argument("run_id", metavar="RUN_ID")
@@ -564,7 +565,7 @@ async def cmd_summarize(ctx: Ctx) -> int:
     a = ctx.args
     text_parts: list[str] = []
     async with await _open_backend(ctx.settings) as backend:
-        async for chunk in backend.summarize(a.run_id, refresh=a.refresh):
+        async for chunk in backend.summarize(a.run_id, refresh=a.refresh, model=a.model):
             if chunk.text:
                 text_parts.append(chunk.text)
                 if ctx.output == "text":
