@@ -185,3 +185,41 @@ async def test_facade_patterns_for_one_run(tmp_path: Path) -> None:
         ]
     finally:
         await backend.close()
+
+
+async def test_demo_failure_modes_recovered_exactly(tmp_path: Path) -> None:
+    """GA 1.0 on demo data: every injected failure mode is one pattern, with its exact line count
+    and its exact set of affected runs."""
+    settings = load_config(None, env={}, overrides={"data_dir": str(tmp_path)}).settings
+    backend = await Backend.open(settings)
+    try:
+        now = time.time_ns()
+        truth_lines: dict[str, int] = {}
+        truth_runs: dict[str, set[str]] = {}
+        regexes = {k: template_regex(t) for k, t in KNOWN_FAILURE_TEMPLATES.items()}
+
+        async def push(streams: list[Stream]) -> object:
+            for s in streams:
+                for e in s.entries:
+                    if not e.line.startswith("{"):
+                        continue
+                    d = orjson.loads(e.line)
+                    if d.get("event") != "error":
+                        continue
+                    (mode,) = [k for k, r in regexes.items() if r.match(d["error.message"])]
+                    truth_lines[mode] = truth_lines.get(mode, 0) + 1
+                    truth_runs.setdefault(mode, set()).add(d["run_id"])
+            return await backend.push(streams)
+
+        await run_fleet(push, FleetOptions(backfill_s=3 * 3600, seed=2), clock=lambda: now)
+        report = await backend.failure_patterns(now - 4 * 3600 * NS, now + NS)
+        errors = [p for p in report.patterns if p.kind == PatternKind.ERROR]
+        got = sorted((p.count, p.run_count) for p in errors)
+        want = sorted((truth_lines[m], len(truth_runs[m])) for m in truth_lines)
+        assert got == want
+        assert len(errors) == len(KNOWN_FAILURE_TEMPLATES) == len(truth_lines)
+        for p in errors:
+            if p.run_count <= len(p.run_ids):
+                assert set(p.run_ids) in [truth_runs[m] for m in truth_runs]
+    finally:
+        await backend.close()

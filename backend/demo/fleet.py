@@ -124,17 +124,24 @@ class _Model:
     price_in: float  # USD per input token
     price_out: float  # USD per output token
     context: int  # tokens
+    # OpenRouter routes one model to several upstream providers; an error names the one it hit.
+    upstreams: tuple[str, ...] = ()
 
+
+_ANTHROPIC = ("anthropic", "amazon-bedrock", "google-vertex")
+_OPENAI = ("openai", "azure")
+_LLAMA = ("together", "fireworks", "deepinfra", "lambda")
+_GOOGLE = ("google-ai-studio", "google-vertex")
 
 _MODELS = {
     m.name: m
     for m in (
-        _Model("anthropic/claude-3-haiku", "anthropic", 0.25e-6, 1.25e-6, 200_000),
-        _Model("anthropic/claude-3.5-sonnet", "anthropic", 3e-6, 15e-6, 200_000),
-        _Model("openai/gpt-4o-mini", "openai", 0.15e-6, 0.6e-6, 128_000),
-        _Model("openai/gpt-4o", "openai", 2.5e-6, 10e-6, 128_000),
-        _Model("meta-llama/llama-3.1-70b-instruct", "together", 0.52e-6, 0.75e-6, 131_072),
-        _Model("google/gemini-flash-1.5", "google", 0.075e-6, 0.3e-6, 1_000_000),
+        _Model("anthropic/claude-3-haiku", "anthropic", 0.25e-6, 1.25e-6, 200_000, _ANTHROPIC),
+        _Model("anthropic/claude-3.5-sonnet", "anthropic", 3e-6, 15e-6, 200_000, _ANTHROPIC),
+        _Model("openai/gpt-4o-mini", "openai", 0.15e-6, 0.6e-6, 128_000, _OPENAI),
+        _Model("openai/gpt-4o", "openai", 2.5e-6, 10e-6, 128_000, _OPENAI),
+        _Model("meta-llama/llama-3.1-70b-instruct", "together", 0.52e-6, 0.75e-6, 131_072, _LLAMA),
+        _Model("google/gemini-flash-1.5", "google", 0.075e-6, 0.3e-6, 1_000_000, _GOOGLE),
     )
 }
 
@@ -543,10 +550,15 @@ class _RunBuilder:
         d["msg"] = f"called {tool}"
         self.emit(_INFO, d)
 
+    def upstream(self) -> str:
+        """The upstream provider OpenRouter routed this call to."""
+        ups = self.model.upstreams or (self.model.provider,)
+        return ups[0] if len(ups) == 1 else _pick(self.rng, ups)
+
     def rate_limited(self, step: int, attempt: int, tries: int, retry: bool) -> None:
         self.wait(0.2, 1.5)
         after = _num(self.rng, 2, 30)
-        p = self.model.provider
+        p = self.upstream()
         msg = f"rate limited by provider {p}: HTTP 429, retry after {after}s"
         self.error(step, "RateLimitError", msg, http_status=429, model=self.model.name)
         if retry:
@@ -580,7 +592,7 @@ class _RunBuilder:
 
     def retry_storm(self, step: int) -> None:
         """Many 429/503 answers within seconds (no backoff), then giving up."""
-        p = self.model.provider
+        p = self.upstream()
         n = _num(self.rng, 15, 40)
         for _ in range(n):
             self.wait(0.02, 0.15)

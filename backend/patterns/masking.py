@@ -71,8 +71,8 @@ _SIZE = r"\d+(?:\.\d+)?\s?(?:[KMGTPE]i?B|B|bytes)(?![\w])"
 # absolute paths (POSIX, home, ./relative) with a query string if any; Windows drive paths
 _PATH = rf"(?:~|\.{{1,2}})?/[^{_DELIMS}?]+(?:\?[^\s\"'<>]*)?"
 _WINPATH = r"[A-Za-z]:\\[^\s\"'<>|]+"
-# single-token quoted strings, but not JSON keys ("k": ...)
-_QUOTED = r"'[^'\s]+'(?!\s*:)|\"[^\"\s]+\"(?!\s*:)"
+# single-token quoted strings, empty ones too ('' is a value like any other), but not JSON keys
+_QUOTED = r"'[^'\s]*'(?!\s*:)|\"[^\"\s]*\"(?!\s*:)"
 _MAC = rf"{_HEX}{{2}}(?:[:-]{_HEX}{{2}}){{5,}}" + _END  # also longer colon-separated hex strings
 _HEX0X = rf"0[xX]{_HEX}+" + _END
 # anything else with a digit: numbers, durations (30s, 250ms, 1.5h), ids, versions, host names
