@@ -699,13 +699,21 @@ class SqliteTaskStore:
         select = f"SELECT {_TASK_COLUMNS}, {_STATUS_EXPR} AS dstatus FROM tasks WHERE {where}"
         desc = sort is not TaskSort.OLDEST
         order = " ORDER BY sort_ts DESC, run_id DESC" if desc else " ORDER BY sort_ts, run_id"
+        # The plain `sort_ts <=`/`>=` bound lets SQLite seek the index to the cursor; the row
+        # value alone is applied as a filter after a scan from the top of the range, so deep
+        # pages would get slower and slower.
         keyset = (
-            " AND (sort_ts, run_id) < (:cts, :crid)"
+            " AND sort_ts <= :cts AND (sort_ts, run_id) < (:cts, :crid)"
             if desc
-            else (" AND (sort_ts, run_id) > (:cts, :crid)")
+            else " AND sort_ts >= :cts AND (sort_ts, run_id) > (:cts, :crid)"
         )
         if cur:
             params["cts"], params["crid"] = cur.ts, cur.run_id
+            # SQLite seeks with ONE bound per side: in the segment the cursor continues, fold the
+            # cursor into the filter's own time bound, or that one wins and every page scans
+            # down from the top of the range.
+            params["kuntil"] = min(params.get("until", cur.ts + 1), cur.ts + 1)
+            params["ksince"] = max(params.get("since", cur.ts), cur.ts)
 
         # Failing-first runs as two ordered index scans (failing, then the rest) rather than one
         # sort over the whole table; newest-first inside each group.
@@ -726,7 +734,12 @@ class SqliteTaskStore:
                 if want <= 0:
                     break
                 use_keyset = cur is not None and cur.group == group
-                sql = select + extra + (keyset if use_keyset else "") + order + f" LIMIT {want}"
+                base = select
+                if use_keyset and desc and "until" in params:
+                    base = base.replace("sort_ts < :until", "sort_ts < :kuntil")
+                elif use_keyset and not desc and "since" in params:
+                    base = base.replace("sort_ts >= :since", "sort_ts >= :ksince")
+                sql = base + extra + (keyset if use_keyset else "") + order + f" LIMIT {want}"
                 out.extend((group, row) for row in db.execute(sql, params))
             return out
 
