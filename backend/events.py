@@ -270,15 +270,25 @@ def _plan(names: FieldNames) -> _Plan:
     return plan
 
 
+class _Unset:
+    """Marks "not given" where None is a meaningful value (a plain-text line)."""
+
+
+_UNSET = _Unset()
+
+
 def extract_event(
     ts: int,
     line: str,
     labels: Mapping[str, str],
     metadata: Mapping[str, str],
     names: FieldNames = DEFAULT_NAMES,
+    fields: dict[str, object] | _Unset | None = _UNSET,
 ) -> AgentEvent | None:
-    """The AgentEvent a log line carries, or None when it names no run."""
-    fields = parse_line_fields(line)
+    """The AgentEvent a log line carries, or None when it names no run. `fields`: the line
+    already parsed by `parse_line_fields` (a caller that parsed it passes it, to parse once)."""
+    if isinstance(fields, _Unset):
+        fields = parse_line_fields(line)
     plan = _plan(names)
 
     run_id = (

@@ -18,7 +18,7 @@ import orjson
 from .analytics import llm_calls, window_stats
 from .analytics import performance as performance_of
 from .config import Settings
-from .embedded.logstore import EmbeddedLogStore
+from .embedded.logstore import INDEX_ERROR, INDEX_RETRY, INDEX_TOOL, EmbeddedLogStore
 from .embedded.tasks import SqliteTaskStore
 from .errors import NotFound, UsageError
 from .events import FieldNames, extract_event
@@ -52,10 +52,18 @@ from .models import (
 )
 from .patterns.failures import (
     ERROR_LEVEL_RE,
-    WARN_LEVEL_RE,
+    LOOP_MIN,
+    RETRY_RE,
+    ErrorLine,
+    Indexer,
+    LoopGroup,
+    RetryHit,
+    Signal,
     error_lines,
     loop_signals,
+    loop_signals_from_groups,
     mine_patterns,
+    retry_storm_from_hits,
     retry_storm_signals,
     signal_patterns,
     sort_by_impact,
@@ -100,23 +108,7 @@ class Backend:
         self.tasks = tasks
         self.cache = cache
         self.summarizer = summarizer
-        f = settings.fields
-        self.fields = FieldNames(
-            run_id=f.run_id,
-            agent=f.agent,
-            event=f.event,
-            level=f.level,
-            status=f.status,
-            model=f.model,
-            input_tokens=f.input_tokens,
-            output_tokens=f.output_tokens,
-            cost_usd=f.cost_usd,
-            task=f.task,
-            error_type=f.error_type,
-            error_message=f.error_message,
-            tool=f.tool,
-            step=f.step,
-        )
+        self.fields = field_names(settings)
         self._summary_flights: dict[str, _SummaryFlight] = {}
 
     @classmethod
@@ -135,6 +127,7 @@ class Backend:
         emb = settings.embedded
         logs = await EmbeddedLogStore.open(
             settings.embedded_db_path,
+            indexer=Indexer(field_names(settings)),
             retention_s=emb.retention,
             max_line_bytes=emb.max_line_bytes,
             tail_buffer=emb.tail_buffer,
@@ -177,14 +170,14 @@ class Backend:
     async def push(self, streams: Sequence[Stream], tenant: str = DEFAULT_TENANT) -> PushResult:
         """Store log entries and fold the agent events they carry into the task table."""
         if isinstance(self.logs, EmbeddedLogStore):
-            result, accepted = await self.logs.push_detailed(streams, tenant)
+            # The store classified the stored lines in its own writer thread.
+            result, _, events = await self.logs.push_detailed(streams, tenant)
         else:
             result = await self.logs.push(streams, tenant)
             accepted = [TailEntry(s.labels, e) for s in streams for e in s.entries]
-        if accepted:
             events = await asyncio.to_thread(self._extract_events, accepted)
-            if events:
-                result.runs_touched = await self.tasks.apply_events(events, tenant)
+        if events:
+            result.runs_touched = await self.tasks.apply_events(events, tenant)
         return result
 
     def _extract_events(self, entries: Sequence[TailEntry]) -> list[AgentEvent]:
@@ -577,13 +570,24 @@ class Backend:
     ) -> PatternReport:
         names = self.fields
         prev_start = start_ns - (end_ns - start_ns)
+        flt = TaskFilter(
+            since_ns=prev_start,
+            until_ns=end_ns,
+            agents=(agent,) if agent else (),
+            run_ids=(run_id,) if run_id else (),
+            tenant=tenant,
+        )
+        if isinstance(self.logs, EmbeddedLogStore):
+            return await self._indexed_patterns(
+                self.logs, start_ns, end_ns, agent, run_id, buckets, tenant, flt
+            )
         if run_id:
             scoped = await self.run_logs(run_id, tenant=tenant)
-            errors_in = warns_in = tools_in = scoped
+            errors_in = retries_in = tools_in = scoped
         else:
             agent_m = f", {names.agent}={quote(agent)}" if agent else ""
             lvl = names.level
-            errors_in, warns_in, tools_in = await asyncio.gather(
+            errors_in, retries_in, tools_in = await asyncio.gather(
                 self.collect_entries(
                     "{" + f"{lvl}=~{quote(ERROR_LEVEL_RE)}{agent_m}" + "}",
                     prev_start,
@@ -592,9 +596,9 @@ class Backend:
                 ),
                 self.collect_entries(
                     "{"
-                    + f"{lvl}=~{quote(WARN_LEVEL_RE)}{agent_m}"
+                    + (f"{names.agent}={quote(agent)}" if agent else f'{names.agent}=~".+"')
                     + "}"
-                    + ' |~ "(?i)(429|50[0234]|rate.?limit|retry)"',
+                    + f" |~ {quote(RETRY_RE)}",
                     prev_start,
                     end_ns,
                     tenant=tenant,
@@ -609,40 +613,71 @@ class Backend:
                     tenant=tenant,
                 ),
             )
-        flt = TaskFilter(
-            since_ns=prev_start,
-            until_ns=end_ns,
-            agents=(agent,) if agent else (),
-            run_ids=(run_id,) if run_id else (),
-            tenant=tenant,
-        )
         tasks = await self._all_tasks(flt)
 
         def compute() -> PatternReport:
             lines = error_lines(errors_in, names)
-            patterns, per_bucket = mine_patterns(lines, start_ns, end_ns, buckets)
+            patterns, per_bucket, _ = mine_patterns(lines, start_ns, end_ns, buckets)
             sigs = (
                 loop_signals(tools_in, names)
-                + retry_storm_signals([*errors_in, *warns_in], names)
+                + retry_storm_signals(retries_in, names)
                 + task_signals(tasks)
             )
             patterns += signal_patterns(sigs, start_ns, end_ns, buckets)
-            bucket_ns = max(1, (end_ns - start_ns) // buckets)
-            per_min = bucket_ns / (60 * NS)
-            rate = [
-                ((start_ns + (i + 1) * bucket_ns) / NS, n / per_min)
-                for i, n in enumerate(per_bucket)
-            ]
-            return PatternReport(
-                start_ns=start_ns,
-                end_ns=end_ns,
-                bucket_ns=bucket_ns,
-                patterns=sort_by_impact(patterns),
-                error_rate=rate,
-                error_lines=sum(per_bucket),
-            )
+            return _report(start_ns, end_ns, buckets, patterns, per_bucket)
 
         return await asyncio.to_thread(compute)
+
+    async def _indexed_patterns(
+        self,
+        store: EmbeddedLogStore,
+        start_ns: int,
+        end_ns: int,
+        agent: str | None,
+        run_id: str | None,
+        buckets: int,
+        tenant: str,
+        flt: TaskFilter,
+    ) -> PatternReport:
+        """The same report from the store's line index (filled on ingest): error lines come as
+        masked messages and signals as pre-grouped rows, so no line is read or parsed again;
+        only a few sample lines are fetched."""
+        prev_start = flt.since_ns or start_ns
+        lo, hi = prev_start, end_ns
+        errs, retries, loops, tasks = await asyncio.gather(
+            store.index_rows(INDEX_ERROR, lo, hi, agent=agent, run_id=run_id, tenant=tenant),
+            store.index_rows(INDEX_RETRY, lo, hi, agent=agent, run_id=run_id, tenant=tenant),
+            store.index_groups(
+                INDEX_TOOL, lo, hi, min_count=LOOP_MIN, agent=agent, run_id=run_id, tenant=tenant
+            ),
+            self._all_tasks(flt),
+        )
+
+        def compute() -> tuple[list[Pattern], list[int], dict[str, list[int]], list[Signal]]:
+            lines = [ErrorLine(ts, key, rid, ag, "", eid) for ts, rid, ag, key, eid in errs]
+            patterns, per_bucket, sample_ids = mine_patterns(lines, start_ns, end_ns, buckets)
+            sigs = (
+                loop_signals_from_groups(
+                    LoopGroup(rid, ag, key, n, ts, "", eid) for rid, ag, key, n, ts, eid in loops
+                )
+                + retry_storm_from_hits(
+                    RetryHit(ts, rid, ag, "", eid) for ts, rid, ag, _key, eid in retries
+                )
+                + task_signals(tasks)
+            )
+            return patterns, per_bucket, sample_ids, sigs
+
+        patterns, per_bucket, sample_ids, sigs = await asyncio.to_thread(compute)
+        wanted = [i for ids in sample_ids.values() for i in ids]
+        wanted += [s.entry_id for s in sigs if not s.sample and s.entry_id]
+        lines_by_id = await store.lines_by_id(wanted)
+        for p in patterns:
+            p.samples = [lines_by_id[i] for i in sample_ids.get(p.id, []) if i in lines_by_id]
+        for sig in sigs:
+            if not sig.sample:
+                sig.sample = lines_by_id.get(sig.entry_id, "")
+        patterns += signal_patterns(sigs, start_ns, end_ns, buckets)
+        return _report(start_ns, end_ns, buckets, patterns, per_bucket)
 
     # ------------------------------------------------------------------ analytics
 
@@ -728,6 +763,43 @@ class Backend:
 
     async def cache_stats(self) -> list[CacheStats]:
         return await self.cache.stats()
+
+
+def field_names(settings: Settings) -> FieldNames:
+    """The data contract's field names, as configured."""
+    f = settings.fields
+    return FieldNames(
+        run_id=f.run_id,
+        agent=f.agent,
+        event=f.event,
+        level=f.level,
+        status=f.status,
+        model=f.model,
+        input_tokens=f.input_tokens,
+        output_tokens=f.output_tokens,
+        cost_usd=f.cost_usd,
+        task=f.task,
+        error_type=f.error_type,
+        error_message=f.error_message,
+        tool=f.tool,
+        step=f.step,
+    )
+
+
+def _report(
+    start_ns: int, end_ns: int, buckets: int, patterns: list[Pattern], per_bucket: list[int]
+) -> PatternReport:
+    bucket_ns = max(1, (end_ns - start_ns) // buckets)
+    per_min = bucket_ns / (60 * NS)
+    rate = [((start_ns + (i + 1) * bucket_ns) / NS, n / per_min) for i, n in enumerate(per_bucket)]
+    return PatternReport(
+        start_ns=start_ns,
+        end_ns=end_ns,
+        bucket_ns=bucket_ns,
+        patterns=sort_by_impact(patterns),
+        error_rate=rate,
+        error_lines=sum(per_bucket),
+    )
 
 
 def _report_from_json(raw: bytes) -> PatternReport:

@@ -257,9 +257,9 @@ async def test_exact_duplicates_are_dropped_same_ts_other_line_kept(
     store: EmbeddedLogStore,
 ) -> None:
     s = Stream({"agent": "a"}, [LogEntry(T0, "one"), LogEntry(T0, "two")])
-    res, stored = await store.push_detailed([s])
+    res, stored, _ = await store.push_detailed([s])
     assert res.accepted == 2 and len(stored) == 2
-    res, stored = await store.push_detailed(
+    res, stored, _ = await store.push_detailed(
         [Stream({"agent": "a"}, [LogEntry(T0, "one"), LogEntry(T0, "three")])]
     )
     assert (res.accepted, res.duplicates) == (1, 1)

@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -44,6 +44,7 @@ from ..logql.parser import parse
 from ..logql.pipeline import Pipeline, compile_matcher, compile_pipeline, pushdown_line_filters
 from ..models import (
     DEFAULT_TENANT,
+    AgentEvent,
     Direction,
     HealthState,
     Labels,
@@ -61,9 +62,11 @@ from ..models import (
     TailEntry,
     VectorResult,
 )
+from ..patterns.failures import ErrorLine
+from ..patterns.masking import mask
 from .sqlite_exec import SqliteExecutor
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: line_index (failure patterns and signals, filled on ingest)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -83,6 +86,17 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_stream_ts ON entries (stream_id, ts, h);
 CREATE INDEX IF NOT EXISTS entries_ts ON entries (ts);
+CREATE TABLE IF NOT EXISTS line_index (
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    key TEXT NOT NULL,
+    entry_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS line_index_kind_ts ON line_index (tenant, kind, ts);
 """
 
 TRUNCATION_MARKER = "…[truncated {n} bytes]"
@@ -117,6 +131,19 @@ def _clean_text(s: str) -> str:
         return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+INDEX_ERROR = 1  # line_index kinds (the same numbers as patterns.failures.Indexer's)
+INDEX_RETRY = 2
+INDEX_TOOL = 3
+
+
+class LineIndexer(Protocol):
+    """Classifies one stored line (see backend.patterns.failures.Indexer)."""
+
+    def index(
+        self, labels: Labels, e: LogEntry
+    ) -> tuple[AgentEvent | None, ErrorLine | None, list[tuple[int, str, str, str]]]: ...
+
+
 @functools.lru_cache(maxsize=512)
 def _parse_cached(query: str) -> ast.ParsedQuery:
     return parse(query)
@@ -148,6 +175,7 @@ class EmbeddedLogStore:
         tail_buffer: int = 10_000,
         busy_timeout_ms: int = 5000,
         clock: Any = time.time_ns,
+        indexer: LineIndexer | None = None,
     ) -> None:
         self.path = Path(path)
         self.retention_s = retention_s
@@ -163,6 +191,7 @@ class EmbeddedLogStore:
         self._waiters: set[asyncio.Future[None]] = set()
         self._healthy_since = clock()
         self._last_error = ""
+        self._indexer = indexer
 
     @classmethod
     async def open(cls, path: Path, **kwargs: Any) -> EmbeddedLogStore:
@@ -245,26 +274,29 @@ class EmbeddedLogStore:
     async def push(self, streams: Sequence[Stream], tenant: str = DEFAULT_TENANT) -> PushResult:
         """Store entries; returns once they are committed. Invalid entries are rejected one by one
         with a reason (as Loki's partial failure); the valid ones are kept."""
-        result, _ = await self.push_detailed(streams, tenant)
+        result, _, _ = await self.push_detailed(streams, tenant)
         return result
 
     async def push_detailed(
         self, streams: Sequence[Stream], tenant: str = DEFAULT_TENANT
-    ) -> tuple[PushResult, list[TailEntry]]:
+    ) -> tuple[PushResult, list[TailEntry], list[AgentEvent]]:
         """`push`, also returning the entries that were stored (not rejected, not duplicates), as
-        stored (cleaned, truncated), so the caller can fold exactly those into the task table."""
+        stored (cleaned, truncated), and — with an indexer — the agent events they carry, so the
+        caller can fold exactly those into the task table."""
         if not streams:
-            return PushResult(), []
-        result, stored = await self._db.write(lambda conn: self._push_tx(conn, streams, tenant))
+            return PushResult(), [], []
+        result, stored, events = await self._db.write(
+            lambda conn: self._push_tx(conn, streams, tenant)
+        )
         if result.accepted:
             self._wake_tails()
         if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
             await self.apply_retention()
-        return result, stored
+        return result, stored, events
 
     def _push_tx(
         self, conn: sqlite3.Connection, streams: Sequence[Stream], tenant: str
-    ) -> tuple[PushResult, list[TailEntry]]:
+    ) -> tuple[PushResult, list[TailEntry], list[AgentEvent]]:
         now = self._clock()
         oldest = now - int(self.retention_s * 1e9) if self.retention_s > 0 else 1
         newest = now + FUTURE_GRACE_NS
@@ -315,7 +347,7 @@ class EmbeddedLogStore:
                     TailEntry(labels, e if line is e.line else LogEntry(ts, line, e.metadata))
                 )
         if not rows:
-            return res, []
+            return res, [], []
         insert = (
             "INSERT OR IGNORE INTO entries (stream_id, ts, h, line, metadata) "
             "VALUES (?, ?, ?, ?, ?)"
@@ -324,19 +356,54 @@ class EmbeddedLogStore:
         before = conn.total_changes
         conn.executemany(insert, rows)
         res.accepted = conn.total_changes - before
-        if res.accepted < len(rows):
+        if res.accepted == len(rows):
+            # One writer, AUTOINCREMENT: the ids of this batch are consecutive.
+            (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+            ids = list(range(last - len(rows) + 1, last + 1))
+        else:
             # Some were exact duplicates (a retried push). Redo row by row to learn which, so
             # only new entries reach the task table. Rare, so the slow path is fine.
             conn.execute("ROLLBACK TO push")
-            new_kept = []
+            new_kept, ids = [], []
             for row, te in zip(rows, kept, strict=True):
-                if conn.execute(insert, row).rowcount == 1:
+                cur = conn.execute(insert, row)
+                if cur.rowcount == 1:
                     new_kept.append(te)
+                    ids.append(int(cur.lastrowid or 0))
             kept = new_kept
             res.accepted = len(kept)
+        events = self._index(conn, tenant, kept, ids) if self._indexer is not None else []
         conn.execute("RELEASE push")
         res.duplicates = len(rows) - res.accepted
-        return res, kept
+        return res, kept, events
+
+    def _index(
+        self, conn: sqlite3.Connection, tenant: str, kept: Sequence[TailEntry], ids: Sequence[int]
+    ) -> list[AgentEvent]:
+        """Classify stored lines in the push's own transaction: agent events for the task
+        table, and line_index rows (error lines by masked message, retries, tool calls) that
+        failure patterns and signals aggregate without reading the lines again."""
+        assert self._indexer is not None
+        events: list[AgentEvent] = []
+        index_rows: list[tuple[str, int, int, str, str, str, int]] = []
+        for te, entry_id in zip(kept, ids, strict=True):
+            ev, err, extra = self._indexer.index(te.labels, te.entry)
+            if ev is not None:
+                events.append(ev)
+            ts = te.entry.ts
+            if err is not None:
+                index_rows.append(
+                    (tenant, INDEX_ERROR, ts, err.run_id, err.agent, mask(err.message), entry_id)
+                )
+            for kind, run_id, agent, key in extra:
+                index_rows.append((tenant, kind, ts, run_id, agent, key, entry_id))
+        if index_rows:
+            conn.executemany(
+                "INSERT INTO line_index (tenant, kind, ts, run_id, agent, key, entry_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                index_rows,
+            )
+        return events
 
     async def apply_retention(self) -> int:
         """Delete entries older than the retention period. Returns how many went."""
@@ -348,7 +415,9 @@ class EmbeddedLogStore:
         def run(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
             conn.execute("DELETE FROM entries WHERE ts < ?", (cutoff,))
-            return conn.total_changes - before
+            n = conn.total_changes - before
+            conn.execute("DELETE FROM line_index WHERE ts < ?", (cutoff,))
+            return n
 
         return await self._db.write(run)
 
@@ -844,6 +913,65 @@ class EmbeddedLogStore:
             if got is not None:
                 batch.entries.append(TailEntry(got[1], LogEntry(ts, got[0], _meta_dict(meta))))
         return new_cursor, batch
+
+    # ------------------------------------------------------------------ line index
+
+    @staticmethod
+    def _index_where(
+        tenant: str, kind: int, lo: int, hi: int, agent: str | None, run_id: str | None
+    ) -> tuple[str, list[Any]]:
+        where = "tenant = ? AND kind = ? AND ts >= ? AND ts < ?"
+        params: list[Any] = [tenant, kind, lo, hi]
+        if agent:
+            where += " AND agent = ?"
+            params.append(agent)
+        if run_id:
+            where += " AND run_id = ?"
+            params.append(run_id)
+        return where, params
+
+    async def index_rows(
+        self,
+        kind: int,
+        lo: int,
+        hi: int,
+        *,
+        agent: str | None = None,
+        run_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> list[tuple[int, str, str, str, int]]:
+        """(ts, run id, agent, key, entry id) of indexed lines of `kind` in [lo, hi), by time."""
+        where, params = self._index_where(tenant, kind, lo, hi, agent, run_id)
+        sql = f"SELECT ts, run_id, agent, key, entry_id FROM line_index WHERE {where} ORDER BY ts"
+        return await self._db.read(lambda c: c.execute(sql, params).fetchall())
+
+    async def index_groups(
+        self,
+        kind: int,
+        lo: int,
+        hi: int,
+        *,
+        min_count: int,
+        agent: str | None = None,
+        run_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> list[tuple[str, str, str, int, int, int]]:
+        """(run id, agent, key, count, newest ts, newest entry id) of each (run, key) seen at
+        least `min_count` times in [lo, hi): identical tool calls, for loop detection."""
+        where, params = self._index_where(tenant, kind, lo, hi, agent, run_id)
+        sql = (
+            "SELECT run_id, max(agent), key, count(*), max(ts), max(entry_id) FROM line_index "
+            f"WHERE {where} GROUP BY run_id, key HAVING count(*) >= ?"
+        )
+        return await self._db.read(lambda c: c.execute(sql, [*params, min_count]).fetchall())
+
+    async def lines_by_id(self, ids: Sequence[int]) -> dict[int, str]:
+        """The stored lines of these entry ids (those still kept)."""
+        if not ids:
+            return {}
+        sql = "SELECT id, line FROM entries WHERE id IN (SELECT value FROM json_each(?))"
+        arg = orjson.dumps(list(ids)).decode()
+        return await self._db.read(lambda c: dict(c.execute(sql, (arg,)).fetchall()))
 
     # ------------------------------------------------------------------ health
 

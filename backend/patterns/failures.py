@@ -28,12 +28,20 @@ from dataclasses import dataclass, field
 import orjson
 
 from ..events import FieldNames, extract_event, parse_line_fields
-from ..models import EventKind, Pattern, PatternKind, RunStatus, TailEntry, Task
+from ..models import (
+    AgentEvent,
+    EventKind,
+    LogEntry,
+    Pattern,
+    PatternKind,
+    RunStatus,
+    TailEntry,
+    Task,
+)
 from .miner import TemplateMiner
 
 ERROR_LEVELS = frozenset({"error", "err", "fatal", "critical", "crit", "panic", "emerg", "alert"})
 ERROR_LEVEL_RE = "(?i)(error|err|fatal|critical|crit|panic|emerg|alert)"
-WARN_LEVEL_RE = "(?i)(warn|warning)"
 LOOP_MIN = 3
 STORM_MIN = 5
 STORM_SPAN_NS = 60 * 1_000_000_000
@@ -46,7 +54,28 @@ MAX_SAMPLES = 3
 _LOOKS_LIKE_ERROR = re.compile(
     r"(?i)\b(error|exception|traceback|fatal|panic|failed|failure)\b|\b[A-Z]\w*(Error|Exception):"
 )
-_RETRY = re.compile(r"(?i)\b(429|50[0234])\b|rate.?limit|retry|retrying|throttl")
+RETRY_RE = r"(?i)\b(429|50[0234])\b|rate.?limit|retry|throttl"  # also a LogQL line filter
+_RETRY = re.compile(RETRY_RE)
+_RETRY_HINTS = (
+    "retr",
+    "ratelimit",
+    "rate limit",
+    "rate-limit",
+    "rate_limit",
+    "rate.limit",
+    "throttl",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+)  # every line _RETRY matches contains one of these
+
+
+def _maybe_retry(line: str) -> bool:
+    """Cheap substring pre-check: the regex is ~10x slower and most lines are not retries."""
+    low = line.lower()
+    return any(h in low for h in _RETRY_HINTS)
 
 
 @dataclass(slots=True)
@@ -55,7 +84,8 @@ class ErrorLine:
     message: str  # what the miner sees: "Type: message", or the line's text
     run_id: str
     agent: str
-    raw: str
+    raw: str  # the line; "" when only its entry id is known (indexed on ingest)
+    entry_id: int = 0
 
 
 @dataclass(slots=True)
@@ -66,7 +96,8 @@ class Signal:
     ts: int
     run_id: str
     agent: str
-    sample: str
+    sample: str  # "" when only `entry_id` is known; the caller fills it before grouping
+    entry_id: int = 0
 
 
 def _level_of(labels: dict[str, str], fields: dict[str, object] | None, names: FieldNames) -> str:
@@ -82,54 +113,95 @@ def _level_of(labels: dict[str, str], fields: dict[str, object] | None, names: F
     return ""
 
 
-def error_lines(entries: Iterable[TailEntry], names: FieldNames) -> list[ErrorLine]:
-    """The error lines among `entries` (oldest first), with the message to mine."""
-    out: list[ErrorLine] = []
-    in_traceback: dict[tuple[tuple[str, str], ...], bool] = {}
-    for te in entries:
-        e = te.entry
-        labels = {**te.labels, **e.metadata}
+class Indexer:
+    """Classifies lines one by one (in arrival order per stream) for failure patterns and
+    signals. One per stream of lines: it remembers whether a plain-text traceback is open."""
+
+    ERROR = 1
+    RETRY = 2
+    TOOL = 3
+
+    def __init__(self, names: FieldNames) -> None:
+        self.names = names
+        self._in_traceback: dict[tuple[tuple[str, str], ...], bool] = {}
+
+    def index(
+        self, labels: dict[str, str], e: LogEntry
+    ) -> tuple[AgentEvent | None, ErrorLine | None, list[tuple[int, str, str, str]]]:
+        """(the agent event of the line, the error line it is, index rows (kind, run id, agent,
+        key) for retry lines and tool calls)."""
+        names = self.names
         fields = parse_line_fields(e.line)
-        level = _level_of(labels, fields, names)
-        ev = extract_event(e.ts, e.line, te.labels, e.metadata, names)
+        ev = extract_event(e.ts, e.line, labels, e.metadata, names, fields)
+        rows: list[tuple[int, str, str, str]] = []
+        if ev is not None and ev.run_id:
+            if ev.kind == EventKind.TOOL_CALL and ev.tool and fields is not None:
+                args = fields.get(
+                    "args", fields.get("arguments", fields.get("gen_ai.tool.call.arguments"))
+                )
+                digest = hashlib.sha1(orjson.dumps(args, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                rows.append((self.TOOL, ev.run_id, ev.agent, f"{ev.tool}\x00{digest[:16]}"))
+            elif _maybe_retry(e.line) and _RETRY.search(e.line):
+                rows.append((self.RETRY, ev.run_id, ev.agent, ""))
+        return ev, self._error(labels, e, fields, ev), rows
+
+    def _error(
+        self,
+        stream_labels: dict[str, str],
+        e: LogEntry,
+        fields: dict[str, object] | None,
+        ev: AgentEvent | None,
+    ) -> ErrorLine | None:
+        names = self.names
         if ev is not None and ev.kind == EventKind.RUN_END:
-            continue
+            return None
+        labels = {**stream_labels, **e.metadata} if e.metadata else stream_labels
         if fields is None:
             # Plain text: fold a multi-line traceback into its last line.
-            skey = tuple(sorted(te.labels.items()))
+            skey = tuple(sorted(stream_labels.items()))
             text = e.line.rstrip()
             if text.startswith("Traceback (most recent call last)"):
-                in_traceback[skey] = True
-                continue
-            if in_traceback.get(skey):
+                self._in_traceback[skey] = True
+                return None
+            if self._in_traceback.get(skey):
                 if text[:1] in (" ", "\t") or not text:
-                    continue
-                in_traceback[skey] = False
-                out.append(_plain(e.ts, text, labels, names))
-                continue
+                    return None
+                self._in_traceback[skey] = False
+                return _plain(e.ts, text, labels, names)
+        level = _level_of(labels, fields, names)
         is_error = level in ERROR_LEVELS or (ev is not None and ev.kind == EventKind.ERROR)
         if not is_error and fields is None and not level:
             is_error = bool(_LOOKS_LIKE_ERROR.search(e.line))
         if not is_error:
-            continue
+            return None
         if ev is not None and (ev.error_type or ev.error_message):
             msg = ev.error_message
             if ev.error_type and not msg.startswith(ev.error_type):
                 msg = f"{ev.error_type}: {msg}" if msg else ev.error_type
         elif fields is not None:
-            m = fields.get("msg") or fields.get("message") or e.line
-            msg = str(m)
+            msg = str(fields.get("msg") or fields.get("message") or e.line)
         else:
             msg = e.line
-        out.append(
-            ErrorLine(
-                ts=e.ts,
-                message=msg.strip()[:2000],
-                run_id=ev.run_id if ev else labels.get(names.run_id, ""),
-                agent=(ev.agent if ev else "") or labels.get(names.agent, ""),
-                raw=e.line,
-            )
+        return ErrorLine(
+            ts=e.ts,
+            message=msg.strip()[:2000],
+            run_id=ev.run_id if ev else labels.get(names.run_id, ""),
+            agent=(ev.agent if ev else "") or labels.get(names.agent, ""),
+            raw=e.line,
         )
+
+
+def error_lines(entries: Iterable[TailEntry], names: FieldNames) -> list[ErrorLine]:
+    """The error lines among `entries` (oldest first), with the message to mine."""
+    ix = Indexer(names)
+    out = []
+    for te in entries:
+        e = te.entry
+        fields = parse_line_fields(e.line)
+        ev = extract_event(e.ts, e.line, te.labels, e.metadata, names, fields)
+        err = ix._error(te.labels, e, fields, ev)
+        if err is not None:
+            out.append(err)
     return out
 
 
@@ -158,6 +230,7 @@ class _Acc:
     last: int = 0
     trend: list[int] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
+    sample_ids: list[int] = field(default_factory=list)
 
 
 def _bucket(ts: int, start: int, bucket_ns: int, n: int) -> int:
@@ -201,9 +274,10 @@ def mine_patterns(
     start_ns: int,
     end_ns: int,
     buckets: int,
-) -> tuple[list[Pattern], list[int]]:
+) -> tuple[list[Pattern], list[int], dict[str, list[int]]]:
     """Error templates of the window [start, end), compared with the previous window of the same
-    length (lines before `start`). Returns the patterns and the error count per bucket."""
+    length (lines before `start`). Returns the patterns, the error count per bucket, and for
+    lines known only by entry id, the sample entry ids per pattern id (to fetch and fill in)."""
     miner = TemplateMiner()
     ids = miner.add_many(line.message for line in lines)
     bucket_ns = max(1, (end_ns - start_ns) // buckets)
@@ -222,14 +296,22 @@ def mine_patterns(
         b = _bucket(line.ts, start_ns, bucket_ns, buckets)
         per_bucket[b] += 1
         _add(acc, line.ts, line.run_id, line.agent, line.raw, b)
+        if not line.raw and len(acc.sample_ids) < MAX_SAMPLES:
+            acc.sample_ids.append(line.entry_id)
     out = []
+    sample_ids: dict[str, list[int]] = {}
     for cid, acc in accs.items():
         if not acc.count:
             continue
         cluster = miner.get(cid)
         acc.template = cluster.template if cluster else ""
-        out.append(_finish(PatternKind.ERROR, acc.template, acc))
-    return out, per_bucket
+        if acc.sample_ids:
+            acc.samples = []
+        pattern = _finish(PatternKind.ERROR, acc.template, acc)
+        if acc.sample_ids:
+            sample_ids[pattern.id] = acc.sample_ids
+        out.append(pattern)
+    return out, per_bucket, sample_ids
 
 
 def signal_patterns(
@@ -251,67 +333,103 @@ def signal_patterns(
 
 def loop_signals(entries: Iterable[TailEntry], names: FieldNames) -> list[Signal]:
     """Runs that called the same tool with the same arguments LOOP_MIN or more times."""
-    calls: dict[tuple[str, str, bytes], list[tuple[int, str, str]]] = defaultdict(list)
+    ix = Indexer(names)
+    calls: dict[tuple[str, str], list[tuple[int, str, str]]] = defaultdict(list)
     for te in entries:
-        e = te.entry
-        fields = parse_line_fields(e.line)
-        if not fields:
-            continue
-        ev = extract_event(e.ts, e.line, te.labels, e.metadata, names)
-        if ev is None or ev.kind != EventKind.TOOL_CALL or not ev.tool:
-            continue
-        args = fields.get("args", fields.get("arguments", fields.get("gen_ai.tool.call.arguments")))
-        key = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
-        calls[(ev.run_id, ev.tool, key)].append((e.ts, ev.agent, e.line))
-    out = []
-    for (run_id, tool, _args), seen in calls.items():
+        _, _, rows = ix.index(te.labels, te.entry)
+        for kind, run_id, agent, key in rows:
+            if kind == Indexer.TOOL:
+                calls[(run_id, key)].append((te.entry.ts, agent, te.entry.line))
+    groups = []
+    for (run_id, key), seen in calls.items():
         if len(seen) >= LOOP_MIN:
-            ts, agent, line = seen[LOOP_MIN - 1]
-            out.append(
-                Signal(
-                    kind=PatternKind.LOOP,
-                    key=f"{agent}:{tool}",
-                    description=f"loop: {agent or 'an agent'} called {tool} {LOOP_MIN}+ times "
-                    "with identical arguments in one run",
-                    ts=ts,
-                    run_id=run_id,
-                    agent=agent,
-                    sample=line,
-                )
+            ts, agent, line = max(seen)
+            groups.append(LoopGroup(run_id, agent, key, len(seen), ts, line))
+    return loop_signals_from_groups(groups)
+
+
+@dataclass(slots=True)
+class LoopGroup:
+    """Identical tool calls of one run: `key` is the tool and a hash of its arguments."""
+
+    run_id: str
+    agent: str
+    key: str
+    count: int
+    ts: int  # the newest of the identical calls
+    sample: str
+    entry_id: int = 0
+
+
+def loop_signals_from_groups(groups: Iterable[LoopGroup]) -> list[Signal]:
+    out = []
+    for g in groups:
+        if g.count < LOOP_MIN:
+            continue
+        tool = g.key.split("\x00", 1)[0]
+        out.append(
+            Signal(
+                kind=PatternKind.LOOP,
+                key=f"{g.agent}:{tool}",
+                description=f"loop: {g.agent or 'an agent'} called {tool} {LOOP_MIN}+ times "
+                "with identical arguments in one run",
+                ts=g.ts,
+                run_id=g.run_id,
+                agent=g.agent,
+                sample=g.sample,
+                entry_id=g.entry_id,
             )
+        )
     return out
 
 
 def retry_storm_signals(entries: Iterable[TailEntry], names: FieldNames) -> list[Signal]:
     """Runs with STORM_MIN or more 429/5xx/retry lines within STORM_SPAN_NS."""
-    per_run: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    ix = Indexer(names)
+    hits = []
     for te in entries:
-        e = te.entry
-        if not _RETRY.search(e.line):
-            continue
-        ev = extract_event(e.ts, e.line, te.labels, e.metadata, names)
-        if ev is None or not ev.run_id:
-            continue
-        per_run[ev.run_id].append((e.ts, ev.agent, e.line))
+        _, _, rows = ix.index(te.labels, te.entry)
+        hits += [
+            RetryHit(te.entry.ts, run_id, agent, te.entry.line)
+            for kind, run_id, agent, _ in rows
+            if kind == Indexer.RETRY
+        ]
+    return retry_storm_from_hits(hits)
+
+
+@dataclass(slots=True)
+class RetryHit:
+    ts: int
+    run_id: str
+    agent: str
+    sample: str
+    entry_id: int = 0
+
+
+def retry_storm_from_hits(hits: Iterable[RetryHit]) -> list[Signal]:
+    per_run: dict[str, list[RetryHit]] = defaultdict(list)
+    for h in hits:
+        per_run[h.run_id].append(h)
     out = []
-    for run_id, hits in per_run.items():
-        hits.sort()
+    for run_id, seq in per_run.items():
+        seq.sort(key=lambda h: h.ts)
         lo = 0
-        for hi in range(len(hits)):
-            while hits[hi][0] - hits[lo][0] > STORM_SPAN_NS:
+        for hi in range(len(seq)):
+            while seq[hi].ts - seq[lo].ts > STORM_SPAN_NS:
                 lo += 1
             if hi - lo + 1 >= STORM_MIN:
-                ts, agent, line = hits[hi]
+                h = seq[hi]
                 out.append(
                     Signal(
                         kind=PatternKind.RETRY_STORM,
-                        key=agent,
+                        key=h.agent,
                         description=f"retry storm: {STORM_MIN}+ rate-limit/5xx retries within "
-                        f"{STORM_SPAN_NS // 1_000_000_000}s in one run of {agent or 'an agent'}",
-                        ts=ts,
+                        f"{STORM_SPAN_NS // 1_000_000_000}s in one run of {h.agent or 'an agent'}",
+                        ts=h.ts,
                         run_id=run_id,
-                        agent=agent,
-                        sample=line,
+                        agent=h.agent,
+                        sample=h.sample,
+                        entry_id=h.entry_id,
                     )
                 )
                 break
