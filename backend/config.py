@@ -452,6 +452,9 @@ class PostgresSettings(BaseModel):
     """Connections the pool keeps open."""
     pool_max: PositiveInt = 10
     """Most connections the pool opens."""
+    schema_name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "public"
+    """Schema that holds agentlog's tables (created if missing); lets one database serve
+    several agentlog installations."""
 
     @property
     def effective_dsn(self) -> str:

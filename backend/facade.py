@@ -8,6 +8,7 @@ them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +21,7 @@ from .analytics import performance as performance_of
 from .config import Settings
 from .embedded.logstore import INDEX_ERROR, INDEX_RETRY, INDEX_TOOL, EmbeddedLogStore
 from .embedded.tasks import SqliteTaskStore
-from .errors import NotFound, UsageError
+from .errors import NotFound, ServiceUnavailable, UsageError
 from .events import FieldNames, extract_event
 from .logql.strings import quote
 from .logql.timefmt import format_duration
@@ -81,6 +82,7 @@ from .summarize.openrouter import (
 
 NS = 1_000_000_000
 RUN_LOG_MARGIN_NS = 60 * NS  # look a minute around a run's first and last event for its lines
+MAX_PENDING_EVENTS = 1_000_000  # events kept while the task store is down
 
 
 @dataclass(slots=True)
@@ -110,19 +112,17 @@ class Backend:
         self.summarizer = summarizer
         self.fields = field_names(settings)
         self._summary_flights: dict[str, _SummaryFlight] = {}
+        self._pending_events: list[tuple[str, list[AgentEvent]]] = []
+        self._pending_count = 0
+        self.pending_dropped = 0  # events given up on (the wait queue overflowed)
 
     @classmethod
     async def open(cls, settings: Settings) -> Backend:
-        """Build the adapters the settings ask for (today: the embedded default)."""
+        """Build the adapters the settings ask for."""
         if settings.log_source != "embedded":
             raise UsageError(
                 f"log_source: {settings.log_source!r} is not available in this version; "
                 "use the embedded store (log_source: embedded)"
-            )
-        if settings.tasks.store != "sqlite":
-            raise UsageError(
-                f"tasks.store: {settings.tasks.store!r} is not available in this version; "
-                "use sqlite"
             )
         emb = settings.embedded
         logs = await EmbeddedLogStore.open(
@@ -133,10 +133,7 @@ class Backend:
             tail_buffer=emb.tail_buffer,
         )
         try:
-            tasks = SqliteTaskStore(
-                settings.tasks_db_path, stall_after_s=settings.tasks.stall_after
-            )
-            await tasks.open()
+            tasks = await _open_task_store(settings)
         except BaseException:
             await logs.close()
             raise
@@ -176,9 +173,37 @@ class Backend:
             result = await self.logs.push(streams, tenant)
             accepted = [TailEntry(s.labels, e) for s in streams for e in s.entries]
             events = await asyncio.to_thread(self._extract_events, accepted)
-        if events:
-            result.runs_touched = await self.tasks.apply_events(events, tenant)
+        if events or self._pending_events:
+            result.runs_touched = await self._fold(events, tenant)
         return result
+
+    async def _fold(self, events: list[AgentEvent], tenant: str) -> int:
+        """Fold events into the task table. While the task store is unreachable the events
+        wait in memory (bounded) and are folded, in order, on a later push: the lines are
+        stored already, so the push itself succeeds."""
+        if events:
+            self._pending_events.append((tenant, events))
+            self._pending_count += len(events)
+        touched = 0
+        while self._pending_events:
+            t, batch = self._pending_events[0]
+            try:
+                n = await self.tasks.apply_events(batch, t)
+            except ServiceUnavailable:
+                while self._pending_count > MAX_PENDING_EVENTS and len(self._pending_events) > 1:
+                    _, dropped = self._pending_events.pop(0)
+                    self._pending_count -= len(dropped)
+                    self.pending_dropped += len(dropped)
+                return touched
+            self._pending_events.pop(0)
+            self._pending_count -= len(batch)
+            touched += n if t == tenant else 0
+        return touched
+
+    @property
+    def pending_events(self) -> int:
+        """Agent events waiting for the task store to come back."""
+        return self._pending_count
 
     def _extract_events(self, entries: Sequence[TailEntry]) -> list[AgentEvent]:
         names = self.fields
@@ -763,6 +788,28 @@ class Backend:
 
     async def cache_stats(self) -> list[CacheStats]:
         return await self.cache.stats()
+
+
+async def _open_task_store(settings: Settings) -> TaskStore:
+    """SQLite (embedded default) or PostgreSQL. A PostgreSQL that is down at start does not stop
+    agentlog: its health says so, and the store connects on first use once it is back."""
+    if settings.tasks.store == "postgres":
+        from .postgres.tasks import PostgresTaskStore
+
+        pg = settings.postgres
+        store = PostgresTaskStore(
+            pg.effective_dsn,
+            pool_min=pg.pool_min,
+            pool_max=pg.pool_max,
+            schema=pg.schema_name,
+            stall_after_s=settings.tasks.stall_after,
+        )
+        with contextlib.suppress(ServiceUnavailable):
+            await store.open()
+        return store
+    sqlite = SqliteTaskStore(settings.tasks_db_path, stall_after_s=settings.tasks.stall_after)
+    await sqlite.open()
+    return sqlite
 
 
 def field_names(settings: Settings) -> FieldNames:
