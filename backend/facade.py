@@ -205,6 +205,12 @@ class Backend:
         """Agent events waiting for the task store to come back."""
         return self._pending_count
 
+    async def fold_entries(self, entries: Sequence[TailEntry], tenant: str = DEFAULT_TENANT) -> int:
+        """Fold the run events of lines stored elsewhere (read back from Loki) into the task
+        table. Returns the runs touched."""
+        events = await asyncio.to_thread(self._extract_events, entries)
+        return await self._fold(events, tenant) if events else 0
+
     def _extract_events(self, entries: Sequence[TailEntry]) -> list[AgentEvent]:
         names = self.fields
         out = []
