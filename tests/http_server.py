@@ -15,7 +15,6 @@ Leaving the block stops the server gracefully; open connections get a few second
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 from backend.config import load_config
 from backend.facade import Backend
-from backend.http.serve import Server, uvicorn_config
+from backend.http.serve import Server, tcp_listener, uvicorn_config
 
 __all__ = ["RunningServer", "backend_at", "run_server"]
 
@@ -48,7 +47,7 @@ class RunningServer:
 async def run_server(
     app: Any, *, host: str = "127.0.0.1", startup_timeout: float = 10.0
 ) -> AsyncIterator[RunningServer]:
-    sock = socket.create_server((host, 0))
+    sock = tcp_listener(host, 0)
     server = Server(uvicorn_config(app))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
     try:

@@ -53,7 +53,7 @@ from ..models import (
     TriageState,
     VectorResult,
 )
-from . import insights
+from . import admin, insights
 from . import output as out
 from .progress import Progress
 
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--speed", type=float, default=1.0, metavar="X", help="live time compression")
 
     insights.add_parsers(verb)
+    admin.add_parsers(verb)
 
     cf = verb("config", "configuration")
     cf_verbs = cf.add_subparsers(dest="config_verb", metavar="ACTION", parser_class=_Parser)
@@ -820,6 +821,9 @@ ASYNC_VERBS: dict[str, Callable[[Ctx], Coroutine[Any, Any, int]]] = {
     "demo": cmd_demo,
     "patterns": insights.cmd_patterns,
     "analytics": insights.cmd_analytics,
+    "serve": admin.cmd_serve,
+    "token": admin.cmd_token,
+    "apikey": admin.cmd_apikey,
 }
 CTRL_C_IS_NORMAL = frozenset({"tail", "demo"})
 

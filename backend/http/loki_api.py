@@ -7,8 +7,10 @@ shapes, statuses and plain-text error bodies follow Loki (sections 1-3 of the re
 
 Decisions where the reference leaves room:
 
-- Tenants: `X-Scope-OrgID` picks the tenant; without it the tenant is `embedded.tenant_default`
-  (`fake`, as Loki with auth off).
+- Auth (auth.py, applied to the whole router by `create_app`): pushes need an operator, the other
+  routes a viewer, `/ready` nothing. With auth on, the tenant is the token's or API key's.
+- Tenants with auth off: `X-Scope-OrgID` picks the tenant; without it the tenant is
+  `embedded.tenant_default` (`fake`, as Loki with auth off).
   IDs are validated as Loki does (letters, digits and ``!-_.*'()``, at most 150 bytes, never `.` or
   `..`); `t1|t2` is refused (multi-tenant queries are off by default in Loki too).
 - Push does not add `service_name` or `detected_level`: the lines come back exactly as pushed, and
@@ -79,6 +81,7 @@ from ..models import (
     VectorResult,
 )
 from .app import AppContext, context_of
+from .auth import identity_of
 from .push_decode import PushBodyError, decode_body
 
 __all__ = ["LOKI_VERSION", "router"]
@@ -173,8 +176,12 @@ MAX_TENANT_BYTES = 150
 
 
 def tenant_of(conn: HTTPConnection) -> str:
-    """The tenant of a request: `X-Scope-OrgID`, validated as Loki does; without it, the
-    configured default (`embedded.tenant_default`, `fake` as in Loki)."""
+    """The tenant of a request. With auth on, the caller's token or API key's (auth.py refuses an
+    `X-Scope-OrgID` naming another one). With auth off: `X-Scope-OrgID`, validated as Loki does;
+    without it, the configured default (`embedded.tenant_default`, `fake` as in Loki)."""
+    ident = identity_of(conn)
+    if ident is not None and ident.method != "none":
+        return ident.tenant
     raw = conn.headers.get("x-scope-orgid", "")
     if not raw:
         return context_of(conn).default_tenant
@@ -540,6 +547,10 @@ async def _push(request: Request) -> Response:
     if any(s.entries for s in decoded.streams):
         result = await ctx.backend.push(decoded.streams, tenant)
         rejected.extend(result.rejected)
+    ctx.metrics.ingest_bytes.labels("loki").inc(len(body))
+    ctx.metrics.ingest_entries.labels("loki", "accepted").inc(max(0, decoded.total - len(rejected)))
+    if rejected:
+        ctx.metrics.ingest_entries.labels("loki", "rejected").inc(len(rejected))
     if rejected:
         return _plain(400, partial_failure_body(rejected, decoded.total, tenant))
     return Response(status_code=204)
@@ -679,9 +690,10 @@ async def query_range(request: Request) -> Response:
             tenant=tenant,
         )
     else:
-        res = await backend.query(
-            query, start, end, limit=limit, direction=direction, step_ns=step, tenant=tenant
-        )
+        with context_of(request).metrics.source_timer("loki_query_range"):
+            res = await backend.query(
+                query, start, end, limit=limit, direction=direction, step_ns=step, tenant=tenant
+            )
     cat = None
     if isinstance(res, StreamsResult) and flags is not None and CATEGORIZE in flags:
         cat = await _categorizer(backend, query, start, end, tenant)
@@ -702,7 +714,8 @@ async def query_instant(request: Request) -> Response:
     at = _time(p, "time", time.time_ns())
     limit = _limit(p)
     _direction(p)
-    res = await backend.query_instant(p.get("query") or "", at, limit=limit, tenant=tenant)
+    with context_of(request).metrics.source_timer("loki_query"):
+        res = await backend.query_instant(p.get("query") or "", at, limit=limit, tenant=tenant)
     return _json(result_json(res, flags=_flags(request)))
 
 
@@ -1036,6 +1049,8 @@ class _Tail:
         try:
             async for batch in it:
                 arrived = loop.time()
+                if batch.dropped:
+                    self.ctx.metrics.tail_dropped.labels("loki").inc(batch.dropped)
                 for frame in await self._frames(batch):
                     await self.queue.put((arrived, frame))
         finally:
@@ -1051,6 +1066,9 @@ class _Tail:
             if wait > 0:
                 await asyncio.sleep(wait)
             await self.ws.send_text(dumps(frame).decode())
+            sent = sum(len(st["values"]) for st in frame["streams"])
+            if sent:
+                self.ctx.metrics.tail_lines.labels("loki").inc(sent)
 
     async def watch_client(self) -> None:
         while True:
@@ -1063,6 +1081,7 @@ class _Tail:
             asyncio.create_task(self.produce(), name="tail-produce"),
             asyncio.create_task(self.send(), name="tail-send"),
             asyncio.create_task(self.watch_client(), name="tail-watch"),
+            asyncio.create_task(self.ctx.stopping.wait(), name="tail-stopping"),
         }
         try:
             done, _pending = await asyncio.wait(
@@ -1078,6 +1097,9 @@ class _Tail:
         for t in done:
             if t.cancelled() or t.get_name() == "tail-watch":
                 continue
+            if t.get_name() == "tail-stopping":
+                await self._close(1001, "the server is shutting down")
+                return
             exc = t.exception()
             if exc is None or isinstance(exc, WebSocketDisconnect):
                 continue
@@ -1121,6 +1143,7 @@ async def tail(ws: WebSocket) -> None:
         )
         return
     ctx.active_tails[tenant] = count
+    ctx.metrics.tail_subscribers.labels("loki").inc()
     try:
         session = _Tail(
             ws,
@@ -1134,6 +1157,7 @@ async def tail(ws: WebSocket) -> None:
         )
         await session.run()
     finally:
+        ctx.metrics.tail_subscribers.labels("loki").dec()
         left = ctx.active_tails.get(tenant, 1) - 1
         if left > 0:
             ctx.active_tails[tenant] = left

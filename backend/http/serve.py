@@ -7,9 +7,16 @@ SIGINT or SIGTERM, then shuts down gracefully (open connections get a few second
 Ctrl-C forces it) and closes the Backend. Returns normally after a signal: the signal is not
 re-raised, so the caller's clean-exit path runs.
 
-Safety: the HTTP port has no authentication yet, so it refuses to listen on anything but a
-loopback address unless `server.jwt_secret` is set to a real secret (at least 32 characters, not
-a placeholder). The refusal is a `UsageError` whose message says what to do.
+Safety (auth.py): with `server.jwt_secret` set, every route but `/health` and `/ready` needs a
+token or an API key. A secret that is set must be a real one (at least 32 characters, not a
+placeholder), wherever the port listens. With no secret at all, authentication is off, and that
+is allowed only on a loopback address: `serve` refuses any other address (a `UsageError` whose
+message says what to do) and says on stderr that auth is off.
+
+Shutdown: on SIGINT/SIGTERM the app reports not ready, open live tails (Loki and JSON) are closed
+with code 1001 (going away), in-flight requests get a few seconds to finish, then the app's
+lifespan closes what it owns (API key store, rate limiter, log files) and `serve` closes the
+Backend (which flushes the store).
 
 WebSocket keepalive: uvicorn pings every second (Loki's tail does), and gives up on a client that
 has not answered a ping within 20 s.
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -33,6 +41,7 @@ from ..config import Settings
 from ..errors import UsageError
 from ..facade import Backend
 from .app import create_app
+from .auth import MIN_SECRET_LENGTH, secret_problem, weak_secret_message
 
 __all__ = [
     "DEFAULT_PORT",
@@ -41,18 +50,14 @@ __all__ = [
     "check_bind",
     "is_loopback",
     "serve",
+    "tcp_listener",
     "uvicorn_config",
 ]
 
 DEFAULT_PORT = 3100  # Loki's: ordinary Loki clients push here without being told otherwise
-MIN_SECRET_LENGTH = 32
 WS_PING_INTERVAL_S = 1.0
 WS_PING_TIMEOUT_S = 20.0
 GRACEFUL_SHUTDOWN_S = 5
-_PLACEHOLDER_SECRETS = frozenset(
-    {"", "changeme", "change-me", "change_me", "secret", "default", "jwt_secret", "jwt-secret",
-     "your-secret", "your_secret", "yoursecret", "please-change-me", "test", "password"}
-)  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:
@@ -73,20 +78,22 @@ def is_loopback(host: str) -> bool:
     )
 
 
-def _secret_ok(secret: str) -> bool:
-    s = secret.strip()
-    return len(s) >= MIN_SECRET_LENGTH and s.lower() not in _PLACEHOLDER_SECRETS and len(set(s)) > 4
-
-
-def check_bind(host: str, settings: Settings) -> None:
-    """Refuse a non-loopback address while the port has no real secret (see module doc)."""
-    if is_loopback(host) or _secret_ok(settings.server.jwt_secret):
-        return
+def check_bind(host: str, settings: Settings) -> bool:
+    """Refuse to start with a weak secret, or with none on a non-loopback address (see module
+    doc). Returns whether authentication will be on."""
+    secret = settings.server.jwt_secret
+    if secret:
+        problem = secret_problem(secret)
+        if problem is not None:
+            raise UsageError(f"refusing to start: {weak_secret_message(problem)}")
+        return True
+    if is_loopback(host):
+        return False
     raise UsageError(
-        f"refusing to listen on {host!r}: it is reachable from other machines and this HTTP port "
-        "has no authentication yet. Listen on 127.0.0.1 (the default), or set server.jwt_secret "
-        f"(env JWT_SECRET or AGENTLOG_SERVER__JWT_SECRET) to a random secret of at least "
-        f"{MIN_SECRET_LENGTH} characters, e.g. the output of `openssl rand -hex 32`."
+        f"refusing to listen on {host!r} without authentication: it is reachable from other "
+        "machines. Listen on 127.0.0.1 (the default), or set server.jwt_secret (env JWT_SECRET "
+        f"or AGENTLOG_SERVER__JWT_SECRET) to a random secret of at least {MIN_SECRET_LENGTH} "
+        "characters, e.g. the output of `openssl rand -hex 32`."
     )
 
 
@@ -141,10 +148,31 @@ def uvicorn_config(app: object, *, log_level: str = "warning") -> uvicorn.Config
     )
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+def tcp_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket for uvicorn's `sockets=`.
+
+    Made with proto=IPPROTO_TCP on purpose: asyncio sets TCP_NODELAY only on accepted sockets
+    whose proto says TCP, and `socket.create_server` leaves proto 0. Without TCP_NODELAY every
+    response written in two parts (headers, then body) waits for the client's delayed ACK:
+    about 40 ms per request on Linux loopback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock = socket.create_server((host.strip("[]"), port), family=family, reuse_port=False)
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        sock = tcp_listener(host.strip("[]"), port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise UsageError(
@@ -168,7 +196,7 @@ async def serve(
     settings (`server.host`, `server.port`, else 3100)."""
     host = host or settings.server.host
     port = port if port is not None else (settings.server.port or DEFAULT_PORT)
-    check_bind(host, settings)
+    auth_on = check_bind(host, settings)
     sock = _listen(host, port)
     own = backend is None
     try:
@@ -182,13 +210,19 @@ async def serve(
 
         def not_ready() -> None:
             ctx.ready = False
+            ctx.stopping.set()  # live tails close with 1001 instead of holding the shutdown
 
         server = Server(uvicorn_config(app, log_level=log_level), on_stop=not_ready)
         bound_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
+        auth_note = (
+            "auth on: send a token (agentlog token) or an API key (agentlog apikey create)"
+            if auth_on
+            else "auth OFF (no server.jwt_secret; loopback only): every caller is an admin"
+        )
         print(
-            f"agentlog serve: listening on http://{shown}:{bound_port} "
-            f"(Loki API: /loki/api/v1/push, /loki/api/v1/query_range, ...); Ctrl-C stops",
+            f"agentlog serve: listening on http://{shown}:{bound_port} (JSON API /api/..., "
+            f"/metrics, OTLP /v1/logs, Loki API /loki/api/v1/...); {auth_note}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
