@@ -31,6 +31,12 @@ def add_parsers(verb: Any) -> None:
     s = verb("serve", "run the HTTP port headless (JSON API, /metrics, OTLP, Loki API)")
     s.add_argument("--host", metavar="H", help="address to listen on (server.host: 127.0.0.1)")
     s.add_argument("--port", type=int, metavar="P", help="port (server.port, else 3100)")
+    s.add_argument(
+        "--index-from-loki",
+        metavar="SELECTOR",
+        help="follow these streams of the log source (agents pushing to Loki directly) and keep "
+        "the task table current; resumes where it stopped",
+    )
     t = verb("token", "mint a JWT for the HTTP port (printed alone on the last line)")
     t.add_argument("--role", required=True, type=str.lower, choices=ROLES)
     t.add_argument("--tenant", metavar="T", help="default embedded.tenant_default")
@@ -57,7 +63,12 @@ async def cmd_serve(ctx: Ctx) -> int:
     port = ctx.args.port
     if port is not None and not 0 <= port <= 65535:
         raise UsageError("--port: expected a port number 0..65535")
-    await serve(ctx.settings, host=ctx.args.host, port=port)
+    if ctx.args.index_from_loki and ctx.settings.log_source != "loki":
+        raise UsageError(
+            "--index-from-loki follows a Loki that agents push to directly; set log_source: loki "
+            "(or LOKI_URL) — pushes to the embedded store already update the task table"
+        )
+    await serve(ctx.settings, host=ctx.args.host, port=port, index_from=ctx.args.index_from_loki)
     return 0
 
 

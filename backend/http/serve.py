@@ -191,9 +191,12 @@ async def serve(
     port: int | None = None,
     backend: Backend | None = None,
     log_level: str = "warning",
+    index_from: str | None = None,
 ) -> None:
     """Serve the HTTP port until SIGINT/SIGTERM (see module doc). `host`/`port` default to the
-    settings (`server.host`, `server.port`, else 3100)."""
+    settings (`server.host`, `server.port`, else 3100). `index_from`: a LogQL selector whose
+    lines (pushed to the log source directly, e.g. to Loki) are followed to keep the task
+    table current, resuming after restarts (backend.follow)."""
     host = host or settings.server.host
     port = port if port is not None else (settings.server.port or DEFAULT_PORT)
     auth_on = check_bind(host, settings)
@@ -226,7 +229,22 @@ async def serve(
             file=sys.stderr,
             flush=True,
         )
-        await server.serve(sockets=[sock])
+        follower: asyncio.Task[object] | None = None
+        stop_follow = asyncio.Event()
+        if index_from:
+            from ..follow import follow_and_index
+
+            state = settings.data_dir / "index-from-loki.json"
+            follower = asyncio.create_task(
+                follow_and_index(be, index_from, state, stop=stop_follow), name="index-from"
+            )
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if follower is not None:
+                stop_follow.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(follower, 5)
     finally:
         sock.close()
         if own:
