@@ -1,0 +1,1 @@
+"""agentlog's terminal dashboard (Textual). It calls the backend only through `backend.facade`."""
