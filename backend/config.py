@@ -588,9 +588,10 @@ class TuiSettings(BaseModel):
     theme: str = "textual-dark"
     """Textual theme name."""
     bell: bool = True
-    """Ring the terminal bell when a run fails."""
+    """Ring the terminal bell once when a new failure pattern or an agent failure signal
+    (loop, retry storm, stall) appears while you watch."""
     banner: bool = True
-    """Show the banner (and the mode: embedded or services) at start."""
+    """Show a banner when a new failure pattern or an agent failure signal appears."""
     refresh_hz: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=60)] = 4.0
     """Screen updates per second of live panes."""
     keys: dict[str, str] = Field(default_factory=dict)

@@ -782,6 +782,13 @@ class Backend:
 
         return await asyncio.to_thread(compute)
 
+    async def warm_up(self) -> None:
+        """Pay start-up costs now rather than on the first key press (the openai import, ~0.4 s,
+        when summaries go to OpenRouter). For long-lived callers such as the TUI."""
+        warm = getattr(self.summarizer, "warm_up", None)
+        if warm is not None:
+            await warm()
+
     # ------------------------------------------------------------------ health and stats
 
     async def health(self) -> list[SourceHealth]:

@@ -94,8 +94,10 @@ async def test_command_palette_actions_and_go_to_run(tmp_path: Path) -> None:
         # an action by name
         await pilot.press("ctrl+p", *"failing only")
         await wait_for(pilot, lambda: "Quick filter" in screen_text(app), "action hit", 15)
+        # the palette re-ranks as the search completes: let it settle before choosing
+        await pilot.pause(0.5)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.dashboard.query_state.failing_only, "filter on")
+        await wait_for(pilot, lambda: app.dashboard.query_state.failing_only, "filter on", 10)
 
 
 async def test_filter_as_you_type_and_quick_filters(tmp_path: Path) -> None:

@@ -185,6 +185,8 @@ class AgentlogApp(App[int]):
         self.backend = message.backend
         self._recovered("open")
         self.dashboard_ready()
+        # the first `s` should not pay for importing the AI client
+        self.run_worker(message.backend.warm_up(), group="warm", exit_on_error=False)
 
     def dashboard_ready(self) -> None:
         """Start the dashboard once both it (mounted) and the backend (open) are ready."""
