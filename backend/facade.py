@@ -18,7 +18,7 @@ import orjson
 
 from .analytics import llm_calls, window_stats
 from .analytics import performance as performance_of
-from .config import Settings
+from .config import Settings, mask_url
 from .embedded.logstore import INDEX_ERROR, INDEX_RETRY, INDEX_TOOL, EmbeddedLogStore
 from .embedded.tasks import SqliteTaskStore
 from .errors import NotFound, ServiceUnavailable, UsageError
@@ -119,27 +119,30 @@ class Backend:
     @classmethod
     async def open(cls, settings: Settings) -> Backend:
         """Build the adapters the settings ask for."""
-        if settings.log_source != "embedded":
-            raise UsageError(
-                f"log_source: {settings.log_source!r} is not available in this version; "
-                "use the embedded store (log_source: embedded)"
+        # Memory LRU, in front of Redis when redis.enabled (never fails on a Redis that is down:
+        # it starts memory-only and reconnects by itself).
+        cache: Cache = await open_cache(settings.cache, settings.redis)
+        logs: LogSource
+        if settings.log_source == "loki":
+            from .loki import CachedLogSource, LokiLogSource
+
+            # Loki's answers go through the two-level cache; identical queries share one call.
+            logs = CachedLogSource(LokiLogSource(settings.loki), cache)
+        else:
+            emb = settings.embedded
+            logs = await EmbeddedLogStore.open(
+                settings.embedded_db_path,
+                indexer=Indexer(field_names(settings)),
+                retention_s=emb.retention,
+                max_line_bytes=emb.max_line_bytes,
+                tail_buffer=emb.tail_buffer,
             )
-        emb = settings.embedded
-        logs = await EmbeddedLogStore.open(
-            settings.embedded_db_path,
-            indexer=Indexer(field_names(settings)),
-            retention_s=emb.retention,
-            max_line_bytes=emb.max_line_bytes,
-            tail_buffer=emb.tail_buffer,
-        )
         try:
             tasks = await _open_task_store(settings)
         except BaseException:
             await logs.close()
+            await cache.close()
             raise
-        # Memory LRU, in front of Redis when redis.enabled (never fails on a Redis that is down:
-        # it starts memory-only and reconnects by itself).
-        cache: Cache = await open_cache(settings.cache, settings.redis)
         summarizer: Summarizer = (
             OpenRouterSummarizer(settings.summarizer)
             if settings.summarizer.effective_provider == "openrouter"
@@ -160,6 +163,8 @@ class Backend:
         """Where the logs come from, for headers and `config check`."""
         if isinstance(self.logs, EmbeddedLogStore):
             return f"embedded: {self.logs.path}"
+        if self.settings.log_source == "loki":
+            return f"loki: {mask_url(self.settings.loki.url)}"
         return self.settings.log_source
 
     # ------------------------------------------------------------------ ingest

@@ -33,7 +33,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -44,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .cache import MemoryCache
-from .config import CacheSettings, RedisSettings
+from .config import CacheSettings, RedisSettings, mask_url
 from .errors import UsageError
 from .models import CacheStats, HealthState, SourceHealth
 
@@ -54,25 +53,6 @@ log = logging.getLogger(__name__)
 
 # What a Redis fault looks like from here (builtin TimeoutError is asyncio's and socket's).
 _FAULTS: Final = (RedisError, OSError, TimeoutError)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (userinfo or `?password=`) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostport = netloc.rpartition("@")
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-        query = parts.query
-        if "password" in query:
-            query = urlencode(
-                [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, True)],
-                safe="*",
-            )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparsable redis url>"
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

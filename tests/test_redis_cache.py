@@ -175,11 +175,11 @@ async def test_redis_expiry_and_remaining_ttl(redis_url: str, prefix: str):
 
 
 def test_mask_url_hides_passwords():
-    assert mask_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
-    assert mask_url("rediss://user:s3cret@h/1") == "rediss://user:***@h/1"
+    assert mask_url("redis://:s3cret@h:6379/0") == "redis://:****@h:6379/0"
+    assert mask_url("rediss://user:s3cret@h/1") == "rediss://user:****@h/1"
     assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
     masked = mask_url("unix:///run/redis.sock?db=2&password=s3cret")
-    assert "s3cret" not in masked and "password=***" in masked
+    assert "s3cret" not in masked and "password=****" in masked
     rc = RedisCache("redis://:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in rc.detail and "s3cret" not in repr(rc.detail)
 

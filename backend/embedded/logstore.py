@@ -834,9 +834,11 @@ class EmbeddedLogStore:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.add(fut)
         try:
-            await asyncio.wait_for(fut, within)
-        except TimeoutError:
-            pass
+            # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races with the
+            # push that wakes it, and a cancelled tail would then never finish.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await fut
         finally:
             self._waiters.discard(fut)
 
