@@ -465,7 +465,7 @@ class Backend:
                     created_at=time.time_ns(),
                 )
                 await self.tasks.save_summary(summary, tenant)
-                await self.cache.set(key, orjson.dumps(_summary_dict(summary)))
+                await self.cache.set(key, orjson.dumps(summary))
                 flight.push(SummaryChunk("", summary))
                 return
             # the fallback: say why, then the extractive summary (stored, never cached)
@@ -506,7 +506,7 @@ class Backend:
             return Summary(**orjson.loads(raw))
         stored = await self.tasks.get_summary(run_id, digest, tenant)
         if stored is not None and stored.model == model_id and not stored.error:
-            await self.cache.set(key, orjson.dumps(_summary_dict(stored)))
+            await self.cache.set(key, orjson.dumps(stored))
             return stored
         return None
 
@@ -877,21 +877,6 @@ def _report_from_json(raw: bytes) -> PatternReport:
         error_rate=[(t, v) for t, v in d["error_rate"]],
         error_lines=d["error_lines"],
     )
-
-
-def _summary_dict(s: Summary) -> dict[str, object]:
-    return {
-        "run_id": s.run_id,
-        "text": s.text,
-        "model": s.model,
-        "offline": s.offline,
-        "input_hash": s.input_hash,
-        "input_tokens": s.input_tokens,
-        "output_tokens": s.output_tokens,
-        "cost_usd": s.cost_usd,
-        "created_at": s.created_at,
-        "error": s.error,
-    }
 
 
 class _SummaryFlight:

@@ -16,6 +16,7 @@ Layout decisions (80 columns is the target, as on-call sessions over SSH often a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -388,18 +389,7 @@ def task_dict(task: Task) -> dict[str, Any]:
 
 
 def summary_dict(summary: Summary) -> dict[str, Any]:
-    return {
-        "run_id": summary.run_id,
-        "text": summary.text,
-        "model": summary.model,
-        "offline": summary.offline,
-        "input_hash": summary.input_hash,
-        "input_tokens": summary.input_tokens,
-        "output_tokens": summary.output_tokens,
-        "cost_usd": summary.cost_usd,
-        "created_at": summary.created_at,
-        "error": summary.error,
-    }
+    return dataclasses.asdict(summary)
 
 
 # (header, width, right-aligned); the task column (width 0) takes the rest of WIDTH.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import re
 import time
@@ -791,21 +792,6 @@ def _sse(event: str, data: object) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def _summary_json(s: Summary) -> dict[str, Any]:
-    return {
-        "run_id": s.run_id,
-        "text": s.text,
-        "model": s.model,
-        "offline": s.offline,
-        "input_hash": s.input_hash,
-        "input_tokens": s.input_tokens,
-        "output_tokens": s.output_tokens,
-        "cost_usd": s.cost_usd,
-        "created_at": s.created_at,
-        "error": s.error,
-    }
-
-
 def _count_summary(ctx: AppContext, text: str, summary: Summary) -> None:
     """A stored summary replayed comes as ONE chunk carrying its whole text; a new one ends with
     an empty chunk. Only new ones count tokens and cost."""
@@ -862,7 +848,7 @@ async def task_summary(
                         yield _sse("chunk", {"text": chunk.text})
                     if chunk.summary is not None:
                         _count_summary(ctx, chunk.text, chunk.summary)
-                        yield _sse("summary", _summary_json(chunk.summary))
+                        yield _sse("summary", dataclasses.asdict(chunk.summary))
             except AgentlogError as exc:
                 yield _sse("error", {"detail": str(exc)})
 
@@ -878,7 +864,7 @@ async def task_summary(
             last = chunk.summary
     if last is None:
         raise HTTPException(500, "the summarizer ended without a summary")
-    return Response(orjson.dumps(_summary_json(last)), media_type="application/json")
+    return Response(orjson.dumps(last), media_type="application/json")
 
 
 class StatusIn(BaseModel):
