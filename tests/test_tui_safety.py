@@ -77,8 +77,7 @@ async def test_hostile_lines_are_shown_literally_everywhere(tmp_path: Path) -> N
         assert_no_control_reaches_the_terminal(app)
         # the task table (the run sorts to the top: newest failing)
         await wait_for(pilot, lambda: dash.table.keys[:1] == [RUN], "hostile run listed")
-        await pilot.pause(0.1)
-        assert "[b]deploy[/b] ␛[5mblink" in screen_text(app)
+        await wait_for(pilot, lambda: "[b]deploy[/b] ␛[5mblink" in screen_text(app), "shown")
         assert_no_control_reaches_the_terminal(app)
         # its summary
         await pilot.press("g", "s")

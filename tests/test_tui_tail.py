@@ -116,8 +116,7 @@ async def test_raw_toggle(tmp_path: Path) -> None:
     async with running(tmp_path) as (app, pilot):
         await pilot.press("2", "v")
         assert app.dashboard.tail.view.show_raw
-        await pilot.pause(0.1)
-        assert '{"ts":' in screen_text(app)
+        await wait_for(pilot, lambda: '{"ts":' in screen_text(app), "lines as logged")
 
 
 class DroppingBackend(Backend):
@@ -164,8 +163,7 @@ async def test_a_modal_pauses_the_refreshes(tmp_path: Path) -> None:
             return await original(*a, **k)  # type: ignore[arg-type]
 
         backend.list_tasks = counting  # type: ignore[method-assign]
-        await pilot.pause(0.4)
-        assert calls >= 1  # 4 Hz while the panes are visible
+        await wait_for(pilot, lambda: calls >= 1, "a refresh (4 Hz while the panes are visible)")
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.pause(0.1)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tui_support import frozen_clock, make_settings, running, seeded_backend, use_utc
+from test_tui_support import frozen_clock, make_settings, running, seeded_backend, use_utc, wait_for
 from textual.filter import Monochrome
 
 from tui.app import AgentlogApp
@@ -35,7 +35,7 @@ async def test_no_color_turns_the_screen_monochrome(
         assert app.no_color
         assert any(isinstance(f, Monochrome) for f in app.get_line_filters())
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause(0.3)
+            await wait_for(pilot, lambda: app.dashboard.table.row_count > 0, "rows")
             assert app.dashboard.table.row_count > 0  # glyphs, not colours, carry the status
     finally:
         await backend.close()

@@ -202,5 +202,4 @@ async def test_runs_without_failure_patterns_in_the_backend(tmp_path: Path) -> N
         await pilot.press("3")
         assert "need a newer backend" in screen_text(app)
         await pilot.press("1", "enter")
-        await pilot.pause(0.3)
-        assert "patterns need a newer backend" in screen_text(app)
+        await wait_for(pilot, lambda: "patterns need a newer backend" in screen_text(app), "note")
