@@ -292,16 +292,26 @@ class Backend:
         return "{" + f'{agent_label}=~".+"' + "}"
 
     async def run_logs(
-        self, run_id: str, *, limit: int = 5000, tenant: str = DEFAULT_TENANT
+        self,
+        run_id: str,
+        *,
+        limit: int = 5000,
+        from_ns: int | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> list[TailEntry]:
-        """A run's log lines, oldest first. The run id may sit in a label, in structured metadata
-        or only in the JSON line: the cheap query comes first, the JSON parse only if needed."""
+        """A run's log lines, oldest first: the first `limit` of them, or — to page through a
+        long run — the first `limit` from `from_ns` on (inclusive: the caller drops the lines
+        at that nanosecond it already has). The run id may sit in a label, in structured
+        metadata or only in the JSON line: the cheap query comes first, the JSON parse only
+        if needed."""
         task = await self.tasks.get(run_id, tenant)
         if task is None:
             raise NotFound(f"no run with id {run_id!r}")
         first = task.started_at or task.last_seen or time.time_ns()
         last = task.ended_at or task.last_seen or time.time_ns()
         start, end = first - RUN_LOG_MARGIN_NS, max(last, first) + RUN_LOG_MARGIN_NS
+        if from_ns is not None:
+            start = max(start, from_ns)
         sel = self.run_selector(task)
         rid, q_id = self.fields.run_id, quote(run_id)
         queries = [f"{sel} | {rid}={q_id}", f"{sel} |= {q_id} | json | {rid}={q_id}"]

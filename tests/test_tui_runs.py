@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from test_tui_support import running, screen_text, wait_for
 
 from backend.facade import Backend, SummaryChunk
@@ -147,3 +148,29 @@ async def test_triage_from_the_detail_screen(tmp_path: Path) -> None:
         await pilot.press("escape")
         assert rid is not None
         assert app.dashboard.table.tasks[rid].triage == TriageState.ACKED
+
+
+async def test_a_long_run_log_loads_page_after_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole log of a run longer than one page (the store's per-query cap; made tiny here)
+    arrives in order, each line once."""
+    import tui.screens.run_detail as run_detail
+
+    monkeypatch.setattr(run_detail, "RUN_LOG_LIMIT", 7)
+    async with running(tmp_path) as (app, pilot):
+        backend = app.backend
+        assert backend is not None
+        table = app.dashboard.table
+        run_id = table.selected_run_id
+        assert run_id is not None
+        expected = await backend.run_logs(run_id, limit=100_000)
+        assert len(expected) > 7 * 2
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, RunDetailScreen)
+        view = screen.query_one(LineView)
+        await wait_for(pilot, lambda: "loading" not in str(view.border_title), "all pages", 10)
+        assert view.line_count == len(expected)
+        assert [ln.ts for ln in view.lines] == [te.entry.ts for te in expected]
+        assert f"{len(expected):,} lines" in str(view.border_title)

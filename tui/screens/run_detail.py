@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from backend.facade import Backend
-from backend.models import PatternReport, Task, TriageState
+from backend.models import PatternReport, TailEntry, Task, TriageState
 
 from .. import fmt
 from ..bindings import bindings_for
@@ -36,7 +36,12 @@ __all__ = ["RunDetailScreen"]
 
 log = logging.getLogger("agentlog.tui")
 
-RUN_LOG_LIMIT = 100_000  # the store's cap on one query (Loki: max_entries_limit_per_query)
+RUN_LOG_LIMIT = 100_000  # one page: the store's cap on one query
+RUN_LOG_MAX = 2_000_000  # lines of one run kept in memory at most (the view draws only what shows)
+
+
+def _entry_key(te: TailEntry) -> tuple[int, str, str]:
+    return (te.entry.ts, te.entry.line, repr(sorted(te.labels.items())))
 
 
 def facts_text(task: Task, now_ns: int) -> Text:
@@ -144,9 +149,56 @@ class RunDetailScreen(Screen[None]):
             log.warning("run log of %s failed", self.run_info.run_id, exc_info=True)
             self._show_lines([], f"Log · failed: {describe(exc)}")
             return
-        capped = " (first lines only)" if len(entries) >= RUN_LOG_LIMIT else ""
         errors = sum(1 for ln in lines if ln.is_error)
-        self._show_lines(lines, f"Log · {len(lines):,} lines · {errors} errors{capped}")
+        more = len(entries) >= RUN_LOG_LIMIT
+        self._show_lines(
+            lines, f"Log · {len(lines):,} lines · {errors} errors{' · loading…' if more else ''}"
+        )
+        if more:
+            await self._load_rest(backend, maker, entries, len(lines), errors)
+
+    async def _load_rest(
+        self,
+        backend: Backend,
+        maker: LineMaker,
+        entries: list[TailEntry],
+        total: int,
+        errors: int,
+    ) -> None:
+        """A long run: page on from the newest line loaded, a page at a time, appending to the
+        virtual view (which draws only what is visible), up to RUN_LOG_MAX lines."""
+        view = self.query_one(LineView)
+        last_ts = entries[-1].entry.ts
+        at_last = {_entry_key(te) for te in entries if te.entry.ts == last_ts}
+        while total < RUN_LOG_MAX:
+            try:
+                page = await backend.run_logs(
+                    self.run_info.run_id, limit=RUN_LOG_LIMIT, from_ns=last_ts
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("run log page of %s failed", self.run_info.run_id, exc_info=True)
+                view.border_title = f"Log · {total:,} lines · more failed: {describe(exc)}"
+                return
+            fresh = [te for te in page if te.entry.ts > last_ts or _entry_key(te) not in at_last]
+            if not fresh:
+                break
+            new_lines = await asyncio.to_thread(
+                functools.partial(maker.make_all, fresh, eager=True)
+            )
+            view.append(new_lines, follow=False)
+            total += len(new_lines)
+            errors += sum(1 for ln in new_lines if ln.is_error)
+            new_last = fresh[-1].entry.ts
+            keys = {_entry_key(te) for te in fresh if te.entry.ts == new_last}
+            at_last = at_last | keys if new_last == last_ts else keys
+            last_ts = new_last
+            view.border_title = f"Log · {total:,} lines · {errors} errors · loading…"
+            if len(page) < RUN_LOG_LIMIT:
+                break
+        capped = " (first lines only)" if total >= RUN_LOG_MAX else ""
+        view.border_title = f"Log · {total:,} lines · {errors} errors{capped}"
 
     def _show_lines(self, lines: list[LogLine], title: str) -> None:
         view = self.query_one(LineView)
