@@ -206,3 +206,15 @@ async def test_executor_work_does_not_block_the_loop_and_readers_run_beside_writ
 def test_executor_refuses_memory_database() -> None:
     with pytest.raises(ValueError, match="memory"):
         SqliteExecutor(Path(":memory:"))
+
+
+def test_last_error_does_not_repeat_its_type() -> None:
+    from backend.embedded.tasks import _format_error
+    from backend.models import AgentEvent, EventKind
+
+    def ev(t: str, m: str) -> AgentEvent:
+        return AgentEvent(ts=1, run_id="r", kind=EventKind.ERROR, error_type=t, error_message=m)
+
+    assert _format_error(ev("KeyError", "KeyError: 'items'")) == "KeyError: 'items'"
+    assert _format_error(ev("TimeoutError", "tool x timed out")) == "TimeoutError: tool x timed out"
+    assert _format_error(ev("", "boom")) == "boom"

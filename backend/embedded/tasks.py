@@ -223,7 +223,9 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def _format_error(event: AgentEvent) -> str:
     if event.error_type and event.error_message:
-        text = f"{event.error_type}: {event.error_message}"
+        msg = event.error_message
+        # "KeyError: 'x'" already names its type: do not say it twice
+        text = msg if msg.startswith(event.error_type) else f"{event.error_type}: {msg}"
     else:
         text = event.error_type or event.error_message
     return text[:LAST_ERROR_MAX]
