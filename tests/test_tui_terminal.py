@@ -108,3 +108,12 @@ def test_run_with_the_demo_fleet_then_hang_up(tmp_path: Path) -> None:
     logs = list((tmp_path / "logs").glob("error-*.log"))
     assert logs and "terminal went away" in logs[0].read_text()
     assert (tmp_path / "logs.sqlite3").exists()  # the demo fleet wrote to the store
+
+
+def test_background_messages_after_the_screens_are_gone_do_not_crash(tmp_path: Path) -> None:
+    """A health probe or a triage result can land while the app starts or shuts down, when no
+    dashboard is on the screen stack: the handlers skip, they do not raise (this crashed once)."""
+    app = AgentlogApp(make_settings(tmp_path), clock=frozen_clock)
+    assert app.maybe_dashboard() is None
+    app.status_changed()
+    app.dashboard_ready()

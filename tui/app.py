@@ -108,10 +108,18 @@ class AgentlogApp(App[int]):
 
     @property
     def dashboard(self) -> DashboardScreen:
+        dash = self.maybe_dashboard()
+        if dash is None:
+            raise LookupError("no dashboard")
+        return dash
+
+    def maybe_dashboard(self) -> DashboardScreen | None:
+        """The dashboard, or None while the app is starting or shutting down (the screen
+        stack is empty then): background messages may still arrive."""
         for screen in self.screen_stack:
             if isinstance(screen, DashboardScreen):
                 return screen
-        raise LookupError("no dashboard")  # pragma: no cover - it is the default screen
+        return None
 
     def action_targets(self, screen: Screen[object]) -> dict[str, DOMNode]:
         """Where the actions of each binding scope run, on `screen` (for the palette)."""
@@ -190,8 +198,8 @@ class AgentlogApp(App[int]):
 
     def dashboard_ready(self) -> None:
         """Start the dashboard once both it (mounted) and the backend (open) are ready."""
-        dash = self.dashboard
-        if self.backend is None or not dash.mounted or dash.started:
+        dash = self.maybe_dashboard()
+        if self.backend is None or dash is None or not dash.mounted or dash.started:
             return
         self.refresh_header(dash.header)
         dash.start(tail=not self.demo)
@@ -229,7 +237,9 @@ class AgentlogApp(App[int]):
     @on(DemoLive)
     def _demo_live(self) -> None:
         self.demo_live.set()
-        dash = self.dashboard
+        dash = self.maybe_dashboard()
+        if dash is None:
+            return
         dash.restart_tail()
         dash.refresh_tasks(force=True)
         dash.refresh_patterns()
@@ -327,8 +337,8 @@ class AgentlogApp(App[int]):
 
     def status_changed(self) -> None:
         """Show the source's state in the header and the banner (once the dashboard is up)."""
-        dash = self.dashboard
-        if not dash.mounted:
+        dash = self.maybe_dashboard()
+        if dash is None or not dash.mounted:
             return
         self.refresh_header(dash.header)
         dash.show_status(self.status.reasons(), self.status.last_good_ns)
@@ -447,7 +457,9 @@ class AgentlogApp(App[int]):
         else:
             text = f"Run {task.run_id} {task.triage.value}. u undoes."
         self.notify(text, markup=False, timeout=4)
-        self.dashboard.task_changed(task)
+        dash = self.maybe_dashboard()
+        if dash is not None:
+            dash.task_changed(task)
         for screen in self.screen_stack:
             if isinstance(screen, RunDetailScreen) and screen.run_info.run_id == task.run_id:
                 screen.show_task(task)
