@@ -214,7 +214,8 @@ async def test_metric_ranges_are_aligned_to_the_step(
     emb = loaded.logs
     q = 'sum by (level) (count_over_time({agent=~".+"}[10s]))'
     step = 5 * NS
-    start, end = base + 1_234_000_000, base + 41_987_000_000  # ms: Loki writes sample times so
+    origin = base // step * step + step  # a step boundary, so +1 s below stays in the same step
+    start, end = origin + 1_234_000_000, origin + 41_987_000_000  # ms: Loki writes times so
     aligned = CachedLogSource(loki, MemoryCache(clock=clock))
     got = await aligned.query_range(q, start, end, step_ns=step)
     want = await emb.query_range(q, start // step * step, end // step * step, step_ns=step)
