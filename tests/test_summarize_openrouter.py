@@ -441,12 +441,9 @@ def test_backoff_is_exponential_with_jitter_and_capped() -> None:
     assert low._backoff(2, None) == 0.5
 
 
-def test_cli_summarize_streams_from_the_fake(
-    capsys: pytest.CaptureFixture[str],
-    fake: FakeOpenAI,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def cli_store(fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir holding one run, and an environment pointing the CLI at the fake server."""
     for name in list(os.environ):
         if name.startswith("AGENTLOG_") or name.startswith("OPENROUTER_"):
             monkeypatch.delenv(name)
@@ -464,8 +461,14 @@ def test_cli_summarize_streams_from_the_fake(
     asyncio.run(seed())
     monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
     monkeypatch.setenv("AGENTLOG_SUMMARIZER__BASE_URL", fake.base_url)
+    return data
+
+
+def test_cli_summarize_streams_from_the_fake(
+    capsys: pytest.CaptureFixture[str], fake: FakeOpenAI, cli_store: Path
+) -> None:
     fake.reply(Reply(chunks=["The run ", "hit rate limits."], cost=0.0123))
-    code = cli.main(["--data-dir", str(data), "summarize", RUN])
+    code = cli.main(["--data-dir", str(cli_store), "summarize", RUN])
     captured = capsys.readouterr()
     assert code == 0
     assert captured.out.startswith("The run hit rate limits.")
@@ -474,29 +477,10 @@ def test_cli_summarize_streams_from_the_fake(
 
 
 def test_cli_summarize_model_flag_picks_the_model(
-    capsys: pytest.CaptureFixture[str],
-    fake: FakeOpenAI,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fake: FakeOpenAI, cli_store: Path
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("AGENTLOG_") or name.startswith("OPENROUTER_"):
-            monkeypatch.delenv(name)
-    data = tmp_path / "data"
-
-    async def seed() -> None:
-        b = await Backend.open(
-            load_config(None, env={}, overrides={"data_dir": str(data)}).settings
-        )
-        try:
-            await push_run(b, run_lines())
-        finally:
-            await b.close()
-
-    asyncio.run(seed())
-    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
-    monkeypatch.setenv("AGENTLOG_SUMMARIZER__BASE_URL", fake.base_url)
     fake.reply(Reply(chunks=["ok"], cost=0.001))
-    assert cli.main(["--data-dir", str(data), "summarize", RUN, "--model", "openai/gpt-4o"]) == 0
+    args = ["--data-dir", str(cli_store), "summarize", RUN, "--model", "openai/gpt-4o"]
+    assert cli.main(args) == 0
     capsys.readouterr()
     assert [r.body["model"] for r in fake.requests] == ["openai/gpt-4o"]
