@@ -26,7 +26,7 @@ from textual.types import CSSPathType
 from backend.config import Settings
 from backend.demo.fleet import FleetOptions, run_fleet
 from backend.errors import InvalidTransition, UsageError
-from backend.facade import Backend
+from backend.facade import Backend, settle_heap
 from backend.models import Task, TriageState
 
 from .bindings import bindings_for, unknown_ids
@@ -193,6 +193,7 @@ class AgentlogApp(App[int]):
         self.backend = message.backend
         self._recovered("open")
         self.dashboard_ready()
+        settle_heap()  # started: keep full GC passes (and their pauses) off the startup heap
         # the first `s` should not pay for importing the AI client
         self.run_worker(message.backend.warm_up(), group="warm", exit_on_error=False)
 

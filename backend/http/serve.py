@@ -39,7 +39,7 @@ import uvicorn
 
 from ..config import Settings
 from ..errors import UsageError
-from ..facade import Backend
+from ..facade import Backend, settle_heap
 from .app import create_app
 from .auth import MIN_SECRET_LENGTH, secret_problem, weak_secret_message
 
@@ -216,6 +216,7 @@ async def serve(
             ctx.stopping.set()  # live tails close with 1001 instead of holding the shutdown
 
         server = Server(uvicorn_config(app, log_level=log_level), on_stop=not_ready)
+        settle_heap()
         bound_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         auth_note = (
