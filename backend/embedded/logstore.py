@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..errors import QueryError
+from ..errors import QueryError, StorageError
 from ..logql import ast
 from ..logql.metric import SeriesData, bucket_width_ns, evaluate_instant, evaluate_range
 from ..logql.parser import parse
@@ -64,6 +64,7 @@ from ..models import (
 )
 from ..patterns.failures import ErrorLine
 from ..patterns.masking import mask
+from .fanout import SharedBatch, TailGroup, TailHub
 from .sqlite_exec import SqliteExecutor
 
 SCHEMA_VERSION = 2  # 2: line_index (failure patterns and signals, filled on ingest)
@@ -106,7 +107,9 @@ MAX_LABELS = 15  # Loki's max_label_names_per_series
 MAX_LIMIT = 100_000  # hard cap on entries per log query (Loki: max_entries_limit_per_query)
 RETENTION_EVERY_S = 300.0
 TAIL_POLL_S = 0.25  # how often a tail looks for lines written by other processes
-TAIL_BATCH = 1000
+TAIL_BATCH = 5000  # entries (of every stream) per round of the tail hub
+TAIL_GATHER_S = 0.02  # a busy tail hub reads at most this often (50 rounds/s, <= 20 ms added)
+TAIL_MAX_GATHER_S = 0.05  # ... and, with hundreds of subscribers, at least this often
 
 
 def _labels_key(labels: Labels) -> str:
@@ -161,6 +164,19 @@ class _Plan:
     tenant: str
 
 
+class _GroupPlan:
+    """A live-tail group's query as the tail hub runs it: compiled once, its streams matched
+    again only when new streams appear."""
+
+    __slots__ = ("pipeline", "query", "streams", "streams_at", "tenant")
+
+    def __init__(self, query: ast.LogQuery, tenant: str) -> None:
+        self.query, self.tenant = query, tenant
+        self.pipeline = compile_pipeline(query.pipeline)
+        self.streams: frozenset[int] = frozenset()
+        self.streams_at = -1  # the stream mirror's newest id when `streams` was matched
+
+
 class EmbeddedLogStore:
     """LogSource on SQLite. Build with `await EmbeddedLogStore.open(path, ...)`."""
 
@@ -189,6 +205,14 @@ class EmbeddedLogStore:
         self._max_stream_id = 0
         self._last_retention = 0.0
         self._waiters: set[asyncio.Future[None]] = set()
+        self._tail_hub = TailHub(
+            lambda cursor, groups: self._db.read(
+                functools.partial(self._hub_read, cursor=cursor, groups=groups)
+            ),
+            functools.partial(self._wait_for_push, TAIL_POLL_S),
+            TAIL_GATHER_S,
+            TAIL_MAX_GATHER_S,
+        )
         self._healthy_since = clock()
         self._last_error = ""
         self._indexer = indexer
@@ -203,8 +227,6 @@ class EmbeddedLogStore:
     def _init(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
-            from ..errors import StorageError
-
             raise StorageError(
                 f"{self.path}: log store schema version {version} is newer than this agentlog "
                 f"understands ({SCHEMA_VERSION}); upgrade agentlog or point embedded.path elsewhere"
@@ -213,6 +235,7 @@ class EmbeddedLogStore:
         self._refresh_streams(conn)
 
     async def close(self) -> None:
+        await self._tail_hub.stop(StorageError(f"{self.path}: the log store was closed"))
         for fut in self._waiters:
             if not fut.done():
                 fut.cancel()
@@ -256,6 +279,10 @@ class EmbeddedLogStore:
         self, conn: sqlite3.Connection, selector: ast.Selector, tenant: str
     ) -> list[int]:
         self._refresh_streams(conn)
+        return self._matching(selector, tenant)
+
+    def _matching(self, selector: ast.Selector, tenant: str) -> list[int]:
+        """Streams of the mirror (as last refreshed) that match the selector."""
         checks = [(m.name, compile_matcher(m)) for m in selector.matchers]
         with self._lock:
             items = list(self._streams.items())
@@ -871,50 +898,103 @@ class EmbeddedLogStore:
             res = self._log_query(conn, log_q, start, end, limit, Direction.BACKWARD, tenant)
             return int(max_id), res.streams
 
-        cursor, backfill = await self._db.read(first)
-        entries = [TailEntry(s.labels, e) for s in backfill for e in s.entries]
-        entries.sort(key=lambda te: te.entry.ts)
-        if entries:
-            yield TailBatch(entries=entries)
-        while True:
-            step = functools.partial(self._tail_step, q=log_q, tenant=tenant, cursor=cursor)
-            cursor, batch = await self._db.read(step)
-            if batch is not None and (batch.entries or batch.dropped):
-                yield batch
-                continue
-            await self._wait_for_push(TAIL_POLL_S)
+        group, sub, joined_at = self._tail_hub.join(
+            (tenant, query), lambda: _GroupPlan(log_q, tenant), self.tail_buffer
+        )
+        try:
+            cursor, backfill = await self._db.read(first)
+            # The first subscriber sets where the hub starts reading; the others joined at the
+            # hub's cursor (every batch offered to them from then on lies above it).
+            started_at = self._tail_hub.start(cursor)
+            if joined_at is None:
+                joined_at = started_at
+            entries = [TailEntry(s.labels, e) for s in backfill for e in s.entries]
+            entries.sort(key=lambda te: te.entry.ts)
+            if entries:
+                yield TailBatch(entries=entries)
+            # The hub was further on than our backfill: read the entries in between ourselves.
+            while cursor < joined_at:
+                step = functools.partial(
+                    self._hub_read, cursor=cursor, groups=[group], upto=joined_at
+                )
+                cursor, shares = await self._db.read(step)
+                for _, sb in shares:
+                    yield sb.batch
+            sub.skip_upto = cursor
+            while True:
+                yield await sub.next()
+        finally:
+            await self._tail_hub.leave(group, sub)
 
-    def _tail_step(
-        self, conn: sqlite3.Connection, q: ast.LogQuery, tenant: str, cursor: int
-    ) -> tuple[int, TailBatch | None]:
-        plan = self._plan(conn, q, tenant)
+    def _group_streams(self, plan: _GroupPlan) -> frozenset[int]:
+        """The streams a tail group follows (matched again only when new streams appeared)."""
+        if plan.streams_at != self._max_stream_id:
+            plan.streams = frozenset(self._matching(plan.query.selector, plan.tenant))
+            plan.streams_at = self._max_stream_id
+        return plan.streams
+
+    def _hub_read(
+        self,
+        conn: sqlite3.Connection,
+        cursor: int,
+        groups: list[TailGroup],
+        upto: int | None = None,
+    ) -> tuple[int, list[tuple[TailGroup, SharedBatch]]]:
+        """One round of the tail hub: the entries stored after `cursor` (up to id `upto`; at most
+        TAIL_BATCH), read once and split among `groups` through their queries."""
+        self._refresh_streams(conn)
         (max_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()
+        if upto is not None:
+            max_id = min(max_id, upto)
         if max_id <= cursor:
-            return cursor, None
-        batch = TailBatch(entries=[])
-        ids_json = orjson.dumps(plan.stream_ids).decode()
+            return cursor, []
+        lo = cursor
+        streams = {g: self._group_streams(g.plan) for g in groups}
+        skipped: dict[TailGroup, tuple[int, int | None, int | None]] = {}
         if max_id - cursor > self.tail_buffer:
+            # Further behind than the buffer: skip the oldest, and tell each group how many of
+            # its entries (and between which times) it will not see.
             skip_to = max_id - self.tail_buffer
-            n, lo, hi = conn.execute(
-                "SELECT count(*), min(ts), max(ts) FROM entries WHERE id > ? AND id <= ? "
-                "AND stream_id IN (SELECT value FROM json_each(?))",
-                (cursor, skip_to, ids_json),
-            ).fetchone()
-            batch.dropped, batch.dropped_from, batch.dropped_to = n, lo, hi
+            counts = conn.execute(
+                "SELECT stream_id, count(*), min(ts), max(ts) FROM entries "
+                "WHERE id > ? AND id <= ? GROUP BY stream_id",
+                (cursor, skip_to),
+            ).fetchall()
+            for g in groups:
+                mine = [c for c in counts if c[0] in streams[g]]
+                if mine:
+                    skipped[g] = (
+                        sum(c[1] for c in mine),
+                        min(c[2] for c in mine),
+                        max(c[3] for c in mine),
+                    )
             cursor = skip_to
         rows = conn.execute(
-            "SELECT id, stream_id, ts, line, metadata FROM entries WHERE id > ? "
-            "AND stream_id IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
-            (cursor, ids_json, TAIL_BATCH),
+            "SELECT id, stream_id, ts, line, metadata FROM entries WHERE id > ? AND id <= ? "
+            "ORDER BY id LIMIT ?",
+            (cursor, max_id, TAIL_BATCH),
         ).fetchall()
-        # Fewer rows than asked: none of ours is left below max_id, so jump the cursor there and
-        # do not scan other streams' rows again.
+        # Fewer rows than asked: nothing is left below max_id, so the cursor jumps there.
         new_cursor = max_id if len(rows) < TAIL_BATCH else rows[-1][0]
-        for _id, sid, ts, line, meta in rows:
-            got = self._apply(plan.pipeline, sid, line, meta)
-            if got is not None:
-                batch.entries.append(TailEntry(got[1], LogEntry(ts, got[0], _meta_dict(meta))))
-        return new_cursor, batch
+        by_stream: dict[int, list[Any]] = {}
+        for row in rows:
+            by_stream.setdefault(row[1], []).append(row)
+        shares: list[tuple[TailGroup, SharedBatch]] = []
+        for g in groups:
+            plan: _GroupPlan = g.plan
+            parts = [by_stream[sid] for sid in by_stream.keys() & streams[g]]
+            mine = parts[0] if len(parts) == 1 else sorted(itertools.chain(*parts))
+            batch = TailBatch(entries=[])
+            batch.dropped, batch.dropped_from, batch.dropped_to = skipped.get(g, (0, None, None))
+            ids: list[int] = []
+            for id_, sid, ts, line, meta in mine:
+                got = self._apply(plan.pipeline, sid, line, meta)
+                if got is not None:
+                    batch.entries.append(TailEntry(got[1], LogEntry(ts, got[0], _meta_dict(meta))))
+                    ids.append(id_)
+            if batch.entries or batch.dropped:
+                shares.append((g, SharedBatch(lo, new_cursor, ids, batch)))
+        return new_cursor, shares
 
     # ------------------------------------------------------------------ line index
 

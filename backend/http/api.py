@@ -27,9 +27,9 @@ Summaries are cached by the facade (`?refresh=true` makes a new one: operator ro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import re
 import time
@@ -76,6 +76,7 @@ from ..models import (
     SourceHealth,
     StreamsResult,
     Summary,
+    TailEntry,
     Task,
     TaskFilter,
     TaskSort,
@@ -85,6 +86,7 @@ from ..models import (
 from .app import AppContext, context_of
 from .auth import Identity, Role, require
 from .metrics import CONTENT_TYPE
+from .wstail import Frame, TailSession, tail_slot
 
 __all__ = ["build_search_logql", "public", "router"]
 
@@ -537,94 +539,53 @@ def _entry_json(labels: dict[str, str], ts: int, line: str, meta: dict[str, str]
     return {"ts": str(ts), "line": line, "labels": labels, "metadata": meta}
 
 
-class _TailSession:
+class _TailSession(TailSession):
+    route = "api"
+    max_duration_close = (1000, "tail reached its maximum duration: reconnect to go on")
+
     def __init__(
         self, ws: WebSocket, ctx: AppContext, query: str, start: int, limit: int, tenant: str
     ) -> None:
-        self.ws, self.ctx, self.query = ws, ctx, query
-        self.start, self.limit, self.tenant = start, limit, tenant
-        self.metrics = ctx.metrics
+        super().__init__(ws, ctx)
+        self.query, self.start, self.limit, self.tenant = query, start, limit, tenant
+
+    @staticmethod
+    def _entry_frames(entries: Sequence[TailEntry]) -> list[Frame]:
+        frames: list[Frame] = []
+        for i in range(0, len(entries), TAIL_FRAME_ENTRIES):
+            chunk = entries[i : i + TAIL_FRAME_ENTRIES]
+            last = max(te.entry.ts for te in chunk)
+            frame = {
+                "type": "entries",
+                "entries": [
+                    _entry_json(te.labels, te.entry.ts, te.entry.line, te.entry.metadata)
+                    for te in chunk
+                ],
+                "next_start": str(last + 1),
+            }
+            frames.append((orjson.dumps(frame).decode(), len(chunk)))
+        return frames
 
     async def produce(self) -> None:
         it = self.ctx.backend.tail(self.query, self.start, limit=self.limit, tenant=self.tenant)
         try:
             async for batch in it:
                 if batch.dropped:
-                    self.metrics.tail_dropped.labels("api").inc(batch.dropped)
-                    await self.ws.send_text(
-                        orjson.dumps(
-                            {
-                                "type": "dropped",
-                                "count": batch.dropped,
-                                "from": None
-                                if batch.dropped_from is None
-                                else str(batch.dropped_from),
-                                "to": None if batch.dropped_to is None else str(batch.dropped_to),
-                            }
-                        ).decode()
-                    )
-                entries = batch.entries
-                for i in range(0, len(entries), TAIL_FRAME_ENTRIES):
-                    chunk = entries[i : i + TAIL_FRAME_ENTRIES]
-                    last = max(te.entry.ts for te in chunk)
-                    frame = {
-                        "type": "entries",
-                        "entries": [
-                            _entry_json(te.labels, te.entry.ts, te.entry.line, te.entry.metadata)
-                            for te in chunk
-                        ],
-                        "next_start": str(last + 1),
+                    self.ctx.metrics.tail_dropped.labels("api").inc(batch.dropped)
+                    notice = {
+                        "type": "dropped",
+                        "count": batch.dropped,
+                        "from": None if batch.dropped_from is None else str(batch.dropped_from),
+                        "to": None if batch.dropped_to is None else str(batch.dropped_to),
                     }
-                    await self.ws.send_text(orjson.dumps(frame).decode())
-                    self.metrics.tail_lines.labels("api").inc(len(chunk))
+                    await self.ws.send_text(orjson.dumps(notice).decode())
+                if batch.entries:
+                    build = functools.partial(self._entry_frames, batch.entries)
+                    await self.send_frames(self.ctx.frames.get(batch, "api", build))
         finally:
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 await aclose()
-
-    async def watch_client(self) -> None:
-        while True:
-            msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-
-    async def run(self) -> None:
-        tasks = {
-            asyncio.create_task(self.produce(), name="api-tail-produce"),
-            asyncio.create_task(self.watch_client(), name="api-tail-watch"),
-            asyncio.create_task(self.ctx.stopping.wait(), name="api-tail-stopping"),
-        }
-        try:
-            done, _ = await asyncio.wait(
-                tasks, timeout=self.ctx.tail.max_duration_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if not done:
-            await self._close(1000, "tail reached its maximum duration: reconnect to go on")
-            return
-        for t in done:
-            name = t.get_name()
-            if name == "api-tail-watch" or t.cancelled():
-                continue
-            if name == "api-tail-stopping":
-                await self._close(1001, "the server is shutting down")
-                return
-            exc = t.exception()
-            if exc is None or isinstance(exc, WebSocketDisconnect):
-                continue
-            text = str(exc) if isinstance(exc, AgentlogError) else "internal error while tailing"
-            await self._close(1011, text)
-            if not isinstance(exc, AgentlogError):
-                raise exc
-            return
-        await self._close(1000, "")
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, reason=reason.encode()[:123].decode("utf-8", "ignore"))
 
 
 @router.websocket("/logs/tail")
@@ -645,40 +606,25 @@ async def tail(ws: WebSocket, ident: Viewer) -> None:
         return
     skipped_total = await _backfill_total(ctx, query, start, ident.tenant) if limit else None
     await ws.accept()
-    tenant = ident.tenant
-    count = ctx.active_tails.get(tenant, 0) + 1
-    if count > ctx.tail.max_per_tenant:
-        await ws.close(
-            code=1013,
-            reason=f"too many live tails for this tenant (limit {ctx.tail.max_per_tenant})",
-        )
-        return
-    ctx.active_tails[tenant] = count
-    ctx.metrics.tail_subscribers.labels("api").inc()
-    try:
-        await ws.send_text(
-            orjson.dumps(
-                {
-                    "type": "start",
-                    "query": query,
-                    "start": str(start),
-                    "backfill_limit": limit,
-                    "backfill_skipped": None
-                    if skipped_total is None
-                    else max(0, skipped_total - limit),
-                }
-            ).decode()
-        )
-        await _TailSession(ws, ctx, query, start, limit, tenant).run()
-    except WebSocketDisconnect:
-        pass
-    finally:
-        ctx.metrics.tail_subscribers.labels("api").dec()
-        left = ctx.active_tails.get(tenant, 1) - 1
-        if left > 0:
-            ctx.active_tails[tenant] = left
-        else:
-            ctx.active_tails.pop(tenant, None)
+    over = (1013, f"too many live tails for this tenant (limit {ctx.tail.max_per_tenant})")
+    async with tail_slot(ws, ctx, ident.tenant, "api", over) as admitted:
+        if not admitted:
+            return
+        with contextlib.suppress(WebSocketDisconnect):
+            await ws.send_text(
+                orjson.dumps(
+                    {
+                        "type": "start",
+                        "query": query,
+                        "start": str(start),
+                        "backfill_limit": limit,
+                        "backfill_skipped": None
+                        if skipped_total is None
+                        else max(0, skipped_total - limit),
+                    }
+                ).decode()
+            )
+            await _TailSession(ws, ctx, query, start, limit, ident.tenant).run()
 
 
 # ---------------------------------------------------------------- /api/tasks

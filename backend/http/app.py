@@ -33,6 +33,7 @@ from .limits import RateLimiter, RateLimits
 from .metrics import HttpMetrics
 from .push_decode import PushLimits
 from .security import DEFAULT_BODY_LIMIT, DailyLogs, install
+from .wstail import FrameCache
 
 __all__ = [
     "AppContext",
@@ -90,6 +91,7 @@ class AppContext:
     active_tails: dict[str, int] = field(default_factory=dict)  # per tenant
     tenants: set[str] = field(default_factory=set)  # seen by the guard (for /metrics)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown
+    frames: FrameCache = field(default_factory=FrameCache)  # tail frames, encoded once
 
 
 _PLAIN: dict[str, object] = {"content": {"text/plain": {"schema": {"type": "string"}}}}

@@ -49,7 +49,6 @@ from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
-from starlette.websockets import WebSocketDisconnect
 
 from .. import __version__
 from ..errors import (
@@ -83,6 +82,7 @@ from ..models import (
 from .app import AppContext, context_of
 from .auth import identity_of
 from .push_decode import PushBodyError, decode_body
+from .wstail import Frame, TailSession, close_reason, tail_slot
 
 __all__ = ["LOKI_VERSION", "router"]
 
@@ -937,12 +937,7 @@ async def _deny(ws: WebSocket, status: int, text: str) -> None:
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(_plain(status, text))
     else:
-        await ws.close(code=1008, reason=_reason(text))
-
-
-def _reason(text: str) -> str:
-    raw = text.encode()[:123]  # a close reason is at most 123 bytes
-    return raw.decode("utf-8", "ignore")
+        await ws.close(code=1008, reason=close_reason(text))
 
 
 def _delay_for(p: Params) -> int:
@@ -960,9 +955,12 @@ def _delay_for(p: Params) -> int:
     return value
 
 
-class _Tail:
+class _Tail(TailSession):
     """One tail connection: the store's tail -> frames (<= 100 entries, <= 10 buffered) -> the
-    socket, watching the client for its close."""
+    socket, held back `delay_for` seconds if asked."""
+
+    route = "loki"
+    max_duration_close = (1011, "reached tail max duration limit")
 
     def __init__(
         self,
@@ -976,18 +974,18 @@ class _Tail:
         tenant: str,
         flags: list[str] | None,
     ) -> None:
-        self.ws = ws
-        self.ctx = ctx
+        super().__init__(ws, ctx)
         self.query = query
         self.start = start
         self.limit = limit
         self.delay = delay
         self.tenant = tenant
         self.flags = flags
+        self.fmt = ("loki", None if flags is None else tuple(flags))
         self.cat: Categorizer | None = None
         self.sel = selector_text(query) if flags and CATEGORIZE in flags else None
         self._cat_refreshed = 0.0
-        self.queue: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue(
+        self.queue: asyncio.Queue[tuple[float, list[Frame]]] = asyncio.Queue(
             maxsize=TAIL_BUFFERED_FRAMES
         )
 
@@ -1027,21 +1025,31 @@ class _Tail:
             out.append({"labels": pad_labels, "timestamp": str(hi)})
         return out
 
-    async def _frames(self, batch: TailBatch) -> list[dict[str, Any]]:
+    def _frame(self, streams: list[dict[str, Any]]) -> dict[str, Any]:
+        frame: dict[str, Any] = {"streams": streams}
+        if self.flags is not None:
+            frame["encodingFlags"] = self.flags
+        return frame
+
+    def _plain_frames(self, entries: Sequence[TailEntry]) -> list[Frame]:
+        return [
+            (dumps(self._frame(_entries_json(chunk, None, None))).decode(), len(chunk))
+            for chunk in _chunks(entries, TAIL_FRAME_ENTRIES)
+        ]
+
+    async def _frames(self, batch: TailBatch) -> list[Frame]:
+        if not batch.dropped and self.sel is None:
+            # The common case: the same batch object goes to every subscriber of this query.
+            return self.ctx.frames.get(batch, self.fmt, lambda: self._plain_frames(batch.entries))
         frames: list[dict[str, Any]] = []
-        entries = batch.entries
-        for i in range(0, len(entries), TAIL_FRAME_ENTRIES):
-            chunk = entries[i : i + TAIL_FRAME_ENTRIES]
+        for chunk in _chunks(batch.entries, TAIL_FRAME_ENTRIES):
             cat = await self._categorize(chunk)
-            frame: dict[str, Any] = {"streams": _entries_json(chunk, cat, None)}
-            if self.flags is not None:
-                frame["encodingFlags"] = self.flags
-            frames.append(frame)
+            frames.append(self._frame(_entries_json(chunk, cat, None)))
         if batch.dropped:
             if not frames:
-                frames.append({"streams": []})
+                frames.append(self._frame([]))
             frames[0]["dropped_entries"] = await self._dropped(batch)
-        return frames
+        return [(dumps(f).decode(), sum(len(st["values"]) for st in f["streams"])) for f in frames]
 
     async def produce(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1051,68 +1059,33 @@ class _Tail:
                 arrived = loop.time()
                 if batch.dropped:
                     self.ctx.metrics.tail_dropped.labels("loki").inc(batch.dropped)
-                for frame in await self._frames(batch):
-                    await self.queue.put((arrived, frame))
+                frames = await self._frames(batch)
+                if self.delay:
+                    await self.queue.put((arrived, frames))
+                else:
+                    await self.send_frames(frames)  # no delay_for: no hand-over to `send`
         finally:
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 await aclose()
 
     async def send(self) -> None:
+        """With `delay_for`: hold each batch's frames until `delay` seconds after it came."""
         loop = asyncio.get_running_loop()
         while True:
-            arrived, frame = await self.queue.get()
+            arrived, frames = await self.queue.get()
             wait = arrived + self.delay - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self.ws.send_text(dumps(frame).decode())
-            sent = sum(len(st["values"]) for st in frame["streams"])
-            if sent:
-                self.ctx.metrics.tail_lines.labels("loki").inc(sent)
+            await self.send_frames(frames)
 
-    async def watch_client(self) -> None:
-        while True:
-            msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
+    def workers(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {"send": self.send()} if self.delay else {}
 
-    async def run(self) -> None:
-        tasks = {
-            asyncio.create_task(self.produce(), name="tail-produce"),
-            asyncio.create_task(self.send(), name="tail-send"),
-            asyncio.create_task(self.watch_client(), name="tail-watch"),
-            asyncio.create_task(self.ctx.stopping.wait(), name="tail-stopping"),
-        }
-        try:
-            done, _pending = await asyncio.wait(
-                tasks, timeout=self.ctx.tail.max_duration_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if not done:
-            await self._close(1011, "reached tail max duration limit")
-            return
-        for t in done:
-            if t.cancelled() or t.get_name() == "tail-watch":
-                continue
-            if t.get_name() == "tail-stopping":
-                await self._close(1001, "the server is shutting down")
-                return
-            exc = t.exception()
-            if exc is None or isinstance(exc, WebSocketDisconnect):
-                continue
-            text = str(exc) if isinstance(exc, AgentlogError) else "internal error while tailing"
-            await self._close(1011, text)
-            if not isinstance(exc, AgentlogError):
-                raise exc
-            return
-        await self._close(1000, "")
 
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, reason=_reason(reason))
+def _chunks(entries: Sequence[TailEntry], n: int) -> Iterable[Sequence[TailEntry]]:
+    for i in range(0, len(entries), n):
+        yield entries[i : i + n]
 
 
 @router.websocket("/loki/api/v1/tail")
@@ -1134,32 +1107,20 @@ async def tail(ws: WebSocket) -> None:
         await _deny(ws, 400, str(exc))
         return
     await ws.accept()
-    count = ctx.active_tails.get(tenant, 0) + 1
-    if count > ctx.tail.max_per_tenant:
-        await ws.close(
-            code=1011,
-            reason="max concurrent tail requests limit exceeded, "
-            f"count > limit ({count} > {ctx.tail.max_per_tenant})",
-        )
-        return
-    ctx.active_tails[tenant] = count
-    ctx.metrics.tail_subscribers.labels("loki").inc()
-    try:
-        session = _Tail(
-            ws,
-            ctx,
-            query=query,
-            start=start,
-            limit=limit,
-            delay=delay,
-            tenant=tenant,
-            flags=_flags(ws),
-        )
-        await session.run()
-    finally:
-        ctx.metrics.tail_subscribers.labels("loki").dec()
-        left = ctx.active_tails.get(tenant, 1) - 1
-        if left > 0:
-            ctx.active_tails[tenant] = left
-        else:
-            ctx.active_tails.pop(tenant, None)
+    count, cap = ctx.active_tails.get(tenant, 0) + 1, ctx.tail.max_per_tenant
+    over = (
+        1011,
+        f"max concurrent tail requests limit exceeded, count > limit ({count} > {cap})",
+    )
+    async with tail_slot(ws, ctx, tenant, "loki", over) as admitted:
+        if admitted:
+            await _Tail(
+                ws,
+                ctx,
+                query=query,
+                start=start,
+                limit=limit,
+                delay=delay,
+                tenant=tenant,
+                flags=_flags(ws),
+            ).run()

@@ -143,6 +143,9 @@ def uvicorn_config(app: object, *, log_level: str = "warning") -> uvicorn.Config
         access_log=False,
         ws_ping_interval=WS_PING_INTERVAL_S,
         ws_ping_timeout=WS_PING_TIMEOUT_S,
+        # As Loki's tail: no permessage-deflate. Compression state is per socket, so a frame
+        # sent to 200 tails would be compressed 200 times (bench/tail_ws.py).
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
