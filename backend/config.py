@@ -8,9 +8,10 @@ No file at all is fine: everything has a default, and the default is the embedde
 with its data under `$XDG_DATA_HOME/agentlog` (default `~/.local/share/agentlog`).
 
 Environment variables: `AGENTLOG_<SECTION>__<KEY>` for every setting (`AGENTLOG_DATA_DIR`,
-`AGENTLOG_EMBEDDED__RETENTION=3d`, ...) and the conventional names of the services (`SEED_ENV`:
-LOKI_URL, DATABASE_URL, POSTGRES_*, REDIS_*, OPENROUTER_*, PORT, JWT_SECRET). The generic form wins
-over a conventional name for the same setting. Three conventional names also switch a backend on,
+`AGENTLOG_EMBEDDED__RETENTION=3d`, `AGENTLOG_SERVER__RATE_LIMITS__READ` one section down, ...) and
+the conventional names of the services (`SEED_ENV`: LOKI_URL, DATABASE_URL, POSTGRES_*, REDIS_*,
+OPENROUTER_*, PORT, JWT_SECRET). The generic form wins over a conventional name for the same
+setting. Three conventional names also switch a backend on,
 unless the file or an `AGENTLOG_*` variable sets that switch explicitly (`IMPLIED_BY_ENV`):
 LOKI_URL -> `log_source: loki`; DATABASE_URL or POSTGRES_HOST -> `tasks.store: postgres`;
 REDIS_URL or REDIS_HOST -> `redis.enabled: true`. Empty conventional variables count as unset.
@@ -59,6 +60,7 @@ __all__ = [
     "LoadedConfig",
     "LokiSettings",
     "PostgresSettings",
+    "RateLimitSettings",
     "RedisSettings",
     "ServerSettings",
     "Settings",
@@ -262,6 +264,27 @@ def _url_checker(schemes: tuple[str, ...], example: str, *, allow_empty: bool = 
     return AfterValidator(check)
 
 
+RATE_HINT = 'a rate such as "600/minute" or "10/second;100/minute"'
+
+
+def _check_rate(value: str) -> str:
+    # Imported here: `limits` takes ~0.2 s to import and most loads never set a rate.
+    from limits import parse_many
+
+    parts = [part for part in value.split(";") if part.strip()]
+    if not parts:
+        raise ValueError(f"expected {RATE_HINT}")
+    for part in parts:
+        try:
+            items = parse_many(part)
+        except ValueError:
+            items = []
+        # "10/second,100/minute" parses, but the port splits on ";" only and would keep the first
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError(f"expected {RATE_HINT}")
+    return value
+
+
 def _check_regexes(patterns: list[str]) -> list[str]:
     for index, pattern in enumerate(patterns):
         try:
@@ -310,6 +333,7 @@ PostgresDsn = Annotated[
     Field(repr=False),
     _Kind("url", "a postgresql:// URL"),
 ]
+Rate = Annotated[str, AfterValidator(_check_rate), _Kind("rate", RATE_HINT)]
 RegexList = Annotated[
     list[str], AfterValidator(_check_regexes), _Kind("regexes", "a list of regular expressions")
 ]
@@ -529,6 +553,26 @@ class SummarizerSettings(BaseModel):
         return self.provider
 
 
+class RateLimitSettings(BaseModel):
+    """Rate limits of the HTTP port, per identity and route (429 with Retry-After when over), in
+    the `limits` notation: "600/minute", or several joined by ";" ("10/second;100/minute")."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = True
+    """Enforce the limits below; false lets every request through."""
+    read: Rate = "3000/minute"
+    """GET routes: queries, lists, analytics, metrics."""
+    write: Rate = "300/minute"
+    """Triage and status changes, API key management."""
+    push: Rate = "6000/minute"
+    """Loki and OTLP push requests (pushers batch lines, so these count requests)."""
+    expensive: Rate = "30/minute"
+    """Summaries with refresh (an LLM call each)."""
+    auth_failures: Rate = "60/minute"
+    """Failed logins per client address."""
+
+
 class ServerSettings(BaseModel):
     """The optional HTTP port (`agentlog serve`, or `--port` beside the TUI)."""
 
@@ -542,6 +586,19 @@ class ServerSettings(BaseModel):
     """Key that signs and checks JWTs; empty turns JWT auth off."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS ("*" for any); empty allows none."""
+    body_limit: Size = 1024**2
+    """Largest request body of the JSON API; larger ones get 413."""
+    push_body_limit: Size = 100 * 1024**2
+    """Largest Loki or OTLP push body as received (compressed); larger ones get 413."""
+    push_decoded_limit: Size = 128 * 1024**2
+    """Largest push body once decompressed: the guard against decompression bombs."""
+    max_tails_per_tenant: PositiveInt = 10
+    """Most live tails (WebSockets) open at a time per tenant; the next one is refused."""
+    tail_max_duration: PositiveDuration = _dur("1h")
+    """A live tail is closed after this long (clients reconnect and resume)."""
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    """Rate limits per identity and route; counters are shared through Redis when
+    `redis.enabled`, else kept per process."""
 
 
 class FieldNames(BaseModel):
@@ -718,11 +775,17 @@ def _walk(model: type[BaseModel], prefix: str = "") -> Iterator[_Leaf]:
 
 
 _LEAVES: dict[str, _Leaf] = {leaf.key: leaf for leaf in _walk(Settings)}
-_SECTIONS: dict[str, type[BaseModel]] = {
-    name: sub
-    for name, info in Settings.model_fields.items()
-    if (sub := _section_model(info)) is not None
-}
+
+
+def _section_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    for name, info in model.model_fields.items():
+        sub = _section_model(info)
+        if sub is not None:
+            yield prefix + name
+            yield from _section_keys(sub, f"{prefix}{name}.")
+
+
+_SECTIONS: frozenset[str] = frozenset(_section_keys(Settings))  # "server", "server.rate_limits"
 
 
 def setting_keys() -> list[str]:
@@ -1066,12 +1129,13 @@ def _redis_url_from_parts(env: Mapping[str, str], current: str) -> str:
     )
 
 
-def _flatten_overrides(overrides: Mapping[str, object]) -> Iterator[tuple[str, object]]:
+def _flatten_overrides(
+    overrides: Mapping[str, object], prefix: str = ""
+) -> Iterator[tuple[str, object]]:
     for raw_key, value in overrides.items():
-        key = raw_key.replace("-", "_")
+        key = prefix + str(raw_key).replace("-", "_")
         if key in _SECTIONS and isinstance(value, Mapping):
-            for sub_key, sub_value in value.items():
-                yield f"{key}.{sub_key}", sub_value
+            yield from _flatten_overrides(value, key + ".")
         else:
             yield key, value
 
@@ -1156,11 +1220,11 @@ def load_config(
 def _unflatten(values: Mapping[str, object]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in values.items():
-        section, dot, name = key.partition(".")
-        if dot:
-            nested.setdefault(section, {})[name] = value
-        else:
-            nested[key] = value
+        *sections, name = key.split(".")
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
     return nested
 
 
@@ -1281,7 +1345,9 @@ def config_as_dict(loaded: LoadedConfig, mask: bool = True) -> dict[str, Any]:
     if mask:
         for key, leaf in _LEAVES.items():
             if leaf.secret or leaf.url:
-                section, dot, name = key.partition(".")
-                target = data[section] if dot else data
-                target[name if dot else key] = _masked(leaf, target[name if dot else key])
+                *sections, name = key.split(".")
+                target = data
+                for section in sections:
+                    target = target[section]
+                target[name] = _masked(leaf, target[name])
     return data

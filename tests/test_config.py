@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from backend.cli import main as cli
 from backend.config import (
     SEED_ENV,
     LoadedConfig,
@@ -57,15 +59,16 @@ def model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def flat_keys(data: dict[str, Any]) -> set[str]:
-    """Dotted keys of a parsed config: top-level mappings are sections (a mapping-valued
-    setting such as tui.keys lives one level down, so it stays one key)."""
+def flat_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted keys of a parsed config: mappings are sections (server.rate_limits one level down),
+    except a mapping-valued setting such as tui.keys, which stays one key."""
     keys: set[str] = set()
     for name, value in data.items():
-        if isinstance(value, dict):
-            keys |= {f"{name}.{key}" for key in value}
+        key = prefix + name
+        if isinstance(value, dict) and key not in model_keys(Settings):
+            keys |= flat_keys(value, key + ".")
         else:
-            keys.add(name)
+            keys.add(key)
     return keys
 
 
@@ -500,6 +503,55 @@ def test_error_is_a_usage_error() -> None:
             "config.yaml: postgres.pool_min: expected postgres.pool_min <= postgres.pool_max, "
             "found pool_min 20 and pool_max 10",
         ),
+        (
+            "server:\n  rate_limits:\n    read: lots\n",
+            "config.yaml: server.rate_limits.read: expected a rate such as "
+            '"600/minute" or "10/second;100/minute", found "lots"',
+        ),
+        (
+            "server:\n  rate_limits:\n    push: 10/second;1/fortnight\n",
+            "config.yaml: server.rate_limits.push: expected a rate such as "
+            '"600/minute" or "10/second;100/minute", found "10/second;1/fortnight"',
+        ),
+        (  # `limits` would read this as 10/second alone: the port splits on ";" only
+            "server:\n  rate_limits:\n    write: 10/second,100/minute\n",
+            "config.yaml: server.rate_limits.write: expected a rate such as "
+            '"600/minute" or "10/second;100/minute", found "10/second,100/minute"',
+        ),
+        (
+            "server:\n  rate_limits:\n    expensive: 0/minute\n",
+            "config.yaml: server.rate_limits.expensive: expected a rate such as "
+            '"600/minute" or "10/second;100/minute", found "0/minute"',
+        ),
+        (
+            "server:\n  body_limit: 1 megabyte\n",
+            "config.yaml: server.body_limit: expected a positive size like 256KB or 10MiB, "
+            'found "1 megabyte"',
+        ),
+        (
+            "server:\n  push_decoded_limit: 0\n",
+            "config.yaml: server.push_decoded_limit: expected a positive size like 256KB or "
+            "10MiB, found 0",
+        ),
+        (
+            "server:\n  max_tails_per_tenant: 0\n",
+            "config.yaml: server.max_tails_per_tenant: expected an integer >= 1, found 0",
+        ),
+        (
+            "server:\n  tail_max_duration: forever\n",
+            "config.yaml: server.tail_max_duration: expected a positive duration like 30s or 5m, "
+            'found "forever"',
+        ),
+        (
+            "server:\n  rate_limits: 100/minute\n",
+            "config.yaml: server.rate_limits: expected a section (key: value lines), "
+            'found "100/minute"',
+        ),
+        (
+            "server:\n  rate_limits:\n    reads: 1/second\n",
+            'config.yaml: unknown key "server.rate_limits.reads" '
+            '(did you mean "server.rate_limits.read"?)',
+        ),
     ],
 )
 def test_file_error_messages(
@@ -565,6 +617,21 @@ def test_regex_errors_name_the_item(tmp_path: Path, env: dict[str, str]) -> None
             "$AGENTLOG_TUI__KEYS: tui.keys: expected a mapping "
             'like {a: b} or a=b,c=d, found "triage.ack"',
         ),
+        (
+            {"AGENTLOG_SERVER__RATE_LIMITS__READ": "fast"},
+            "$AGENTLOG_SERVER__RATE_LIMITS__READ: server.rate_limits.read: expected a rate such "
+            'as "600/minute" or "10/second;100/minute", found "fast"',
+        ),
+        (
+            {"AGENTLOG_SERVER__PUSH_BODY_LIMIT": "1 meg"},
+            "$AGENTLOG_SERVER__PUSH_BODY_LIMIT: server.push_body_limit: expected a positive size "
+            'like 256KB or 10MiB, found "1 meg"',
+        ),
+        (
+            {"AGENTLOG_SERVER__RATE_LIMITS_READ": "1/second"},
+            "$AGENTLOG_SERVER__RATE_LIMITS_READ: not a setting (did you mean "
+            "$AGENTLOG_SERVER__RATE_LIMITS__READ?)",
+        ),
     ],
 )
 def test_env_error_messages(env: dict[str, str], variables: dict[str, str], message: str) -> None:
@@ -590,6 +657,12 @@ def test_cli_error_messages(env: dict[str, str]) -> None:
     assert (
         str(info.value) == 'command line: server.port: expected a port number 1..65535, found "x"'
     )
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, overrides={"server": {"rate_limits": {"auth_failures": "often"}}})
+    assert str(info.value) == (
+        "command line: server.rate_limits.auth_failures: expected a rate such as "
+        '"600/minute" or "10/second;100/minute", found "often"'
+    )
 
 
 def test_error_messages_do_not_leak_secrets(tmp_path: Path, env: dict[str, str]) -> None:
@@ -597,6 +670,120 @@ def test_error_messages_do_not_leak_secrets(tmp_path: Path, env: dict[str, str])
     assert "hunter2" not in message and "loki.password" in message
     message = error_of(tmp_path, env, "postgres:\n  dsn: mysql://u:hunter2@h/db\n")
     assert "hunter2" not in message and "mysql://u:****@h/db" in message
+
+
+# ---------------------------------------------------------------- the HTTP port's limits
+
+
+def test_server_limits_defaults(env: dict[str, str]) -> None:
+    s = load_config(env=env).settings.server
+    r = s.rate_limits
+    assert r.enabled is True
+    assert (r.read, r.write, r.push, r.expensive, r.auth_failures) == (
+        "3000/minute",
+        "300/minute",
+        "6000/minute",
+        "30/minute",
+        "60/minute",
+    )
+    assert s.body_limit == 1024**2
+    assert (s.push_body_limit, s.push_decoded_limit) == (100 * 1024**2, 128 * 1024**2)
+    assert (s.max_tails_per_tenant, s.tail_max_duration) == (10, 3600)
+
+
+def test_server_limits_precedence_file_env_cli(tmp_path: Path, env: dict[str, str]) -> None:
+    path = write(
+        tmp_path,
+        "server:\n"
+        "  body_limit: 2MiB\n"
+        "  push_body_limit: 10MB\n"
+        "  tail_max_duration: 30m\n"
+        "  rate_limits:\n"
+        "    enabled: false\n"
+        "    read: 10/second;100/minute\n"
+        "    push: 100 per minute\n",
+    )
+    file_label = f"file:{path.resolve()}"
+
+    loaded = load_config(path, env=env)
+    s = loaded.settings.server
+    assert (s.body_limit, s.push_body_limit, s.tail_max_duration) == (2 * 1024**2, 10**7, 1800)
+    assert s.push_decoded_limit == 128 * 1024**2  # not in the file: the default
+    assert s.rate_limits.enabled is False
+    assert (s.rate_limits.read, s.rate_limits.push) == ("10/second;100/minute", "100 per minute")
+    assert s.rate_limits.write == "300/minute"
+    assert loaded.sources["server.rate_limits.read"] == file_label
+    assert loaded.sources["server.rate_limits.write"] == "default"
+
+    env |= {
+        "AGENTLOG_SERVER__RATE_LIMITS__ENABLED": "true",
+        "AGENTLOG_SERVER__RATE_LIMITS__READ": "5/second",
+        "AGENTLOG_SERVER__BODY_LIMIT": "64KiB",
+        "AGENTLOG_SERVER__MAX_TAILS_PER_TENANT": "3",
+    }
+    loaded = load_config(path, env=env)
+    s = loaded.settings.server
+    assert s.rate_limits.enabled is True and s.rate_limits.read == "5/second"
+    assert (s.body_limit, s.max_tails_per_tenant) == (65536, 3)
+    assert s.rate_limits.push == "100 per minute"
+    assert loaded.sources["server.rate_limits.read"] == "env:AGENTLOG_SERVER__RATE_LIMITS__READ"
+    assert loaded.sources["server.rate_limits.push"] == file_label
+
+    overrides = {
+        "server.rate_limits.read": "1/second",
+        "server": {"rate_limits": {"write": "2/minute"}, "push-decoded-limit": "1GiB"},
+    }
+    loaded = load_config(path, env=env, overrides=overrides)
+    s = loaded.settings.server
+    assert (s.rate_limits.read, s.rate_limits.write) == ("1/second", "2/minute")
+    assert s.push_decoded_limit == 1024**3 and s.body_limit == 65536
+    for key in ("rate_limits.read", "rate_limits.write", "push_decoded_limit"):
+        assert loaded.sources[f"server.{key}"] == "cli"
+    assert loaded.sources["server.body_limit"] == "env:AGENTLOG_SERVER__BODY_LIMIT"
+
+
+def test_nested_section_is_shown_and_round_trips(
+    tmp_path: Path,
+    env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write(
+        tmp_path, "server:\n  push_decoded_limit: 256MiB\n  rate_limits:\n    read: 7/second\n"
+    )
+    loaded = load_config(path, env=env)
+    rows = {line.split(" = ")[0].strip(): line for line in render_config(loaded).splitlines()}
+    assert rows["server.rate_limits.read"].split(" = ")[1].split()[0] == "7/second"
+    assert rows["server.rate_limits.read"].endswith(f"(file:{path.resolve()})")
+    assert rows["server.rate_limits.enabled"].split(" = ")[1].split()[0] == "true"
+    assert rows["server.push_decoded_limit"].split(" = ")[1].split()[0] == "256MiB"
+    assert rows["server.tail_max_duration"].split(" = ")[1].split()[0] == "1h"
+    data = config_as_dict(loaded)
+    assert data["server"]["rate_limits"]["read"] == "7/second"
+    assert data["server"]["push_decoded_limit"] == 256 * 1024**2
+    assert Settings.model_validate(config_as_dict(loaded, mask=False)) == loaded.settings
+    # the JSON form, written as a config file, loads back to the same settings
+    back = write(tmp_path, yaml.safe_dump(config_as_dict(loaded, mask=False)), "back.yaml")
+    assert load_config(back, env=env).settings == loaded.settings
+
+    # `agentlog config check`, as text and as JSON
+    for name in list(os.environ):
+        if name.startswith("AGENTLOG_"):
+            monkeypatch.delenv(name)
+    args = ["--config", str(path), "--data-dir", str(tmp_path / "data"), "config", "check"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"(?m)^server\.rate_limits\.read += 7/second +\(file:", out)
+    assert cli.main([*args, "-o", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["server"]["rate_limits"] == {
+        "enabled": True,
+        "read": "7/second",
+        "write": "300/minute",
+        "push": "6000/minute",
+        "expensive": "30/minute",
+        "auth_failures": "60/minute",
+    }
 
 
 # ---------------------------------------------------------------- showing the config

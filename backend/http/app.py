@@ -26,13 +26,14 @@ from starlette.requests import HTTPConnection
 
 from .. import __version__
 from ..apikeys import ApiKeyStore, SqliteApiKeyStore, default_path
+from ..config import ServerSettings
 from ..facade import Backend
 from ..models import DEFAULT_TENANT
 from .auth import Authenticator
 from .limits import RateLimiter, RateLimits
 from .metrics import HttpMetrics
 from .push_decode import PushLimits
-from .security import DEFAULT_BODY_LIMIT, DailyLogs, install
+from .security import DailyLogs, install
 from .wstail import FrameCache
 
 __all__ = [
@@ -48,7 +49,8 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class TailLimits:
     """Loki's tail limits: `tail_max_duration` and `max_concurrent_tail_requests` (per tenant).
-    The 1 s keepalive ping is the server's (`uvicorn.Config(ws_ping_interval=1.0)`)."""
+    The 1 s keepalive ping is the server's (`uvicorn.Config(ws_ping_interval=1.0)`). `create_app`
+    takes them from `server.tail_max_duration` and `server.max_tails_per_tenant`."""
 
     max_duration_s: float = 3600.0
     max_per_tenant: int = 10
@@ -60,19 +62,21 @@ class HttpOptions:
 
     auth: on when a JWT secret is set (`server.jwt_secret`), off otherwise. jwt_secret: the
     settings' by default. apikeys: a store the caller owns; None opens the SQLite one in the data
-    dir (closed with the app). limits_storage: "auto" (Redis when `redis.enabled`), "memory", or
-    a Redis URL. cors_origins: `server.cors_origins`. logs: write the access and error logs to
-    `log_dir` (default `<data_dir>/logs`)."""
+    dir (closed with the app). rate_limits: `server.rate_limits`. limits_storage: "auto" (Redis
+    when `redis.enabled`), "memory", or a Redis URL. cors_origins: `server.cors_origins`. logs:
+    write the access and error logs to `log_dir` (default `<data_dir>/logs`). body_limit: the
+    largest JSON API request body in bytes, `server.body_limit` (push routes have their own,
+    `PushLimits.max_body_bytes`)."""
 
     auth: bool | None = None
     jwt_secret: str | None = None
     apikeys: ApiKeyStore | None = None
-    rate_limits: RateLimits = field(default_factory=RateLimits)
+    rate_limits: RateLimits | None = None
     limits_storage: str = "auto"
     cors_origins: Sequence[str] | None = None
     logs: bool = True
     log_dir: Path | None = None
-    body_limit: int = DEFAULT_BODY_LIMIT
+    body_limit: int | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +135,30 @@ def _limits_redis_url(backend: Backend, storage: str) -> str | None:
     return storage
 
 
+def _rate_limits(server: ServerSettings) -> RateLimits:
+    r = server.rate_limits
+    return RateLimits(
+        enabled=r.enabled,
+        read=r.read,
+        write=r.write,
+        push=r.push,
+        expensive=r.expensive,
+        auth_failures=r.auth_failures,
+    )
+
+
+def _push_limits(server: ServerSettings) -> PushLimits:
+    return PushLimits(
+        max_body_bytes=server.push_body_limit, max_decoded_bytes=server.push_decoded_limit
+    )
+
+
+def _tail_limits(server: ServerSettings) -> TailLimits:
+    return TailLimits(
+        max_duration_s=server.tail_max_duration, max_per_tenant=server.max_tails_per_tenant
+    )
+
+
 def create_app(
     backend: Backend,
     *,
@@ -139,13 +167,17 @@ def create_app(
     tail_limits: TailLimits | None = None,
     options: HttpOptions | None = None,
 ) -> FastAPI:
-    """The app serving `backend`: the Loki API, the JSON API, metrics, OTLP, plus `routers`."""
+    """The app serving `backend`: the Loki API, the JSON API, metrics, OTLP, plus `routers`.
+
+    The limits not given here (`push_limits`, `tail_limits`, the rate and body limits of
+    `options`) come from `backend.settings.server`."""
     from . import api, loki_api, otlp  # imported here: they import this module
     from .auth import loki_guard
 
     opts = options or HttpOptions()
     settings = backend.settings
-    secret = settings.server.jwt_secret if opts.jwt_secret is None else opts.jwt_secret
+    server = settings.server
+    secret = server.jwt_secret if opts.jwt_secret is None else opts.jwt_secret
     enabled = bool(secret) if opts.auth is None else opts.auth
     own_keys = opts.apikeys is None
     keys = opts.apikeys or SqliteApiKeyStore(default_path(settings.data_dir))
@@ -158,14 +190,14 @@ def create_app(
             enabled=enabled, secret=secret, keys=keys, default_tenant=default_tenant
         ),
         limiter=RateLimiter(
-            opts.rate_limits,
+            opts.rate_limits or _rate_limits(server),
             redis_url=_limits_redis_url(backend, opts.limits_storage),
             key_prefix=settings.redis.key_prefix,
         ),
         metrics=metrics,
         logs=logs,
-        push=push_limits or PushLimits(),
-        tail=tail_limits or TailLimits(),
+        push=push_limits or _push_limits(server),
+        tail=tail_limits or _tail_limits(server),
         default_tenant=default_tenant,
     )
 
@@ -198,10 +230,8 @@ def create_app(
         app,
         metrics=metrics,
         logs=logs,
-        cors_origins=settings.server.cors_origins
-        if opts.cors_origins is None
-        else opts.cors_origins,
-        body_limit=opts.body_limit,
+        cors_origins=server.cors_origins if opts.cors_origins is None else opts.cors_origins,
+        body_limit=server.body_limit if opts.body_limit is None else opts.body_limit,
         push_limit=ctx.push.max_body_bytes,
     )
     app.include_router(api.public)
