@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
@@ -32,6 +34,7 @@ from .models import (
     CacheStats,
     Direction,
     Labels,
+    MinerStats,
     Overview,
     Pattern,
     PatternKind,
@@ -59,6 +62,7 @@ from .patterns.failures import (
     ErrorLine,
     Indexer,
     LoopGroup,
+    MinerMeter,
     RetryHit,
     Signal,
     error_lines,
@@ -81,6 +85,8 @@ from .summarize.openrouter import (
     Usage,
 )
 
+log = logging.getLogger(__name__)
+
 NS = 1_000_000_000
 RUN_LOG_MARGIN_NS = 60 * NS  # look a minute around a run's first and last event for its lines
 MAX_PENDING_EVENTS = 1_000_000  # events kept while the task store is down
@@ -92,6 +98,13 @@ class SummaryChunk:
 
     text: str
     summary: Summary | None = None
+
+
+class SummaryListener(Protocol):
+    """Told of each summary the facade makes (`replayed` False) or replays from the cache or the
+    task table (True); see `Backend.add_summary_listener`."""
+
+    def __call__(self, summary: Summary, *, replayed: bool) -> None: ...
 
 
 def settle_heap() -> None:
@@ -115,7 +128,10 @@ class Backend:
         tasks: TaskStore,
         cache: Cache,
         summarizer: Summarizer,
+        ingest_indexer: Indexer | None = None,
     ) -> None:
+        """`ingest_indexer`: the (timed) indexer the embedded store classifies lines with, whose
+        figures `miner_stats` reports."""
         self.settings = settings
         self.logs = logs
         self.tasks = tasks
@@ -123,6 +139,9 @@ class Backend:
         self.summarizer = summarizer
         self.fields = field_names(settings)
         self._summary_flights: dict[str, _SummaryFlight] = {}
+        self._summary_listeners: dict[object, SummaryListener] = {}
+        self._ingest_indexer = ingest_indexer
+        self._read_miner = MinerMeter("read")
         self._pending_events: list[tuple[str, list[AgentEvent]]] = []
         self._pending_count = 0
         self.pending_dropped = 0  # events given up on (the wait queue overflowed)
@@ -134,6 +153,7 @@ class Backend:
         # it starts memory-only and reconnects by itself).
         cache: Cache = await open_cache(settings.cache, settings.redis)
         logs: LogSource
+        indexer: Indexer | None = None
         if settings.log_source == "loki":
             from .loki import CachedLogSource, LokiLogSource
 
@@ -141,9 +161,10 @@ class Backend:
             logs = CachedLogSource(LokiLogSource(settings.loki), cache)
         else:
             emb = settings.embedded
+            indexer = Indexer(field_names(settings), timed=True)
             logs = await EmbeddedLogStore.open(
                 settings.embedded_db_path,
-                indexer=Indexer(field_names(settings)),
+                indexer=indexer,
                 retention_s=emb.retention,
                 max_line_bytes=emb.max_line_bytes,
                 tail_buffer=emb.tail_buffer,
@@ -159,7 +180,14 @@ class Backend:
             if settings.summarizer.effective_provider == "openrouter"
             else ExtractiveSummarizer()
         )
-        return cls(settings, logs=logs, tasks=tasks, cache=cache, summarizer=summarizer)
+        return cls(
+            settings,
+            logs=logs,
+            tasks=tasks,
+            cache=cache,
+            summarizer=summarizer,
+            ingest_indexer=indexer,
+        )
 
     async def close(self) -> None:
         await asyncio.gather(self.logs.close(), self.tasks.close(), self.cache.close())
@@ -374,6 +402,27 @@ class Backend:
 
     # ------------------------------------------------------------------ summaries
 
+    def add_summary_listener(self, fn: SummaryListener) -> Callable[[], None]:
+        """Call `fn(summary, replayed=...)` once per summary this facade makes or replays,
+        whoever asked for it (TUI, CLI, HTTP port), however many readers share it: as soon as
+        it is made (before it is stored: its tokens are spent even if storing fails). Called on
+        the event loop; it must not block. A listener that raises is logged and skipped.
+        Returns a function that removes the listener."""
+        token = object()
+        self._summary_listeners[token] = fn
+
+        def remove() -> None:
+            self._summary_listeners.pop(token, None)
+
+        return remove
+
+    def _notify_summary(self, summary: Summary, *, replayed: bool) -> None:
+        for fn in list(self._summary_listeners.values()):
+            try:
+                fn(summary, replayed=replayed)
+            except Exception:
+                log.exception("a summary listener failed (the summary goes on)")
+
     async def summarize(
         self,
         run_id: str,
@@ -454,6 +503,7 @@ class Backend:
             if not refresh:
                 cached = await self._cached_summary(key, task.run_id, digest, tenant, model_id)
                 if cached is not None:
+                    self._notify_summary(cached, replayed=True)
                     flight.push(SummaryChunk(cached.text, cached))
                     return
             error = ""
@@ -485,6 +535,7 @@ class Backend:
                     cost_usd=usage.cost_usd or 0.0,
                     created_at=time.time_ns(),
                 )
+                self._notify_summary(summary, replayed=False)
                 await self.tasks.save_summary(summary, tenant)
                 await self.cache.set(key, orjson.dumps(summary))
                 flight.push(SummaryChunk("", summary))
@@ -508,6 +559,7 @@ class Backend:
                 created_at=time.time_ns(),
                 error=error,
             )
+            self._notify_summary(summary, replayed=False)
             await self.tasks.save_summary(summary, tenant)
             flight.push(SummaryChunk("", summary))
         except BaseException as exc:
@@ -671,8 +723,11 @@ class Backend:
                 ),
             )
         tasks = await self._all_tasks(flt)
+        # with a run id the three are one list, classified three times: its lines count once
+        n_read = len(errors_in) if run_id else len(errors_in) + len(retries_in) + len(tools_in)
 
         def compute() -> PatternReport:
+            t0 = time.perf_counter()
             lines = error_lines(errors_in, names)
             patterns, per_bucket, _ = mine_patterns(lines, start_ns, end_ns, buckets)
             sigs = (
@@ -681,6 +736,7 @@ class Backend:
                 + task_signals(tasks)
             )
             patterns += signal_patterns(sigs, start_ns, end_ns, buckets)
+            self._read_miner.add(n_read, time.perf_counter() - t0)
             return _report(start_ns, end_ns, buckets, patterns, per_bucket)
 
         return await asyncio.to_thread(compute)
@@ -711,6 +767,7 @@ class Backend:
         )
 
         def compute() -> tuple[list[Pattern], list[int], dict[str, list[int]], list[Signal]]:
+            t0 = time.perf_counter()
             lines = [ErrorLine(ts, key, rid, ag, "", eid) for ts, rid, ag, key, eid in errs]
             patterns, per_bucket, sample_ids = mine_patterns(lines, start_ns, end_ns, buckets)
             sigs = (
@@ -722,6 +779,8 @@ class Backend:
                 )
                 + task_signals(tasks)
             )
+            # index rows, not lines: the lines were classified on ingest
+            self._read_miner.add(len(errs) + len(retries) + len(loops), time.perf_counter() - t0)
             return patterns, per_bucket, sample_ids, sigs
 
         patterns, per_bucket, sample_ids, sigs = await asyncio.to_thread(compute)
@@ -827,6 +886,15 @@ class Backend:
 
     async def cache_stats(self) -> list[CacheStats]:
         return await self.cache.stats()
+
+    async def miner_stats(self) -> list[MinerStats]:
+        """Lines the failure-pattern miner went through and the seconds it took, since start:
+        on ingest (the embedded store; zero on other sources) and for reports ("read")."""
+        ingest = self._ingest_indexer
+        return [
+            ingest.stats("ingest") if ingest is not None else MinerStats("ingest"),
+            self._read_miner.stats(),
+        ]
 
 
 async def _open_task_store(settings: Settings) -> TaskStore:

@@ -267,6 +267,17 @@ class CacheStats:
 
 
 @dataclass(slots=True)
+class MinerStats:
+    """Work of the failure-pattern miner since start, by `path`: "ingest" (lines classified as
+    the embedded store stores them) or "read" (lines, or the embedded store's index rows, that
+    failure-pattern reports classified and mined)."""
+
+    path: str
+    lines: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
 class Summary:
     run_id: str
     text: str

@@ -1,7 +1,7 @@
 """`/metrics` and `/metrics/json` over real loopback HTTP, parsed by prometheus_client's own text
 parser: names and labels follow Prometheus conventions, values follow what happened (requests,
-cache, runs by status and triage, failure patterns, tails, ingest, summaries with the local
-OpenRouter stand-in), and no run id ever becomes a label."""
+cache, runs by status and triage, failure patterns and their miner, tails, ingest, summaries with
+the local OpenRouter stand-in, whoever asked for them), and no run id ever becomes a label."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_http_api import SECRET, bearer, push_body, seed, token
 
+from backend.cache import MemoryCache
 from backend.facade import Backend
 from backend.http.app import create_app
+from backend.http.metrics import HttpMetrics, Scrape
 
 NS = 1_000_000_000
 RUN_IDS = {"acme-r1", "acme-r2", "acme-r3"}
@@ -231,6 +233,112 @@ async def test_summary_requests_tokens_and_cost_by_model(
     assert "event: summary" in r.text and "AI summary failed" in r.text
     s = await scrape(client)
     assert value(s, "agentlog_summary_requests_total", outcome="fallback", model="extractive") == 1
+
+
+async def test_summaries_made_outside_the_endpoint_count_once(
+    client: httpx.AsyncClient, backend: Backend
+) -> None:
+    m = {"model": "test/model-a"}
+    # made through the facade, as the TUI beside the port makes them
+    made = await backend.summary("acme-r1", tenant="acme")
+    assert made.model == "test/model-a" and not made.error
+    s = await scrape(client)
+    assert value(s, "agentlog_summary_requests_total", outcome="ok", **m) == 1
+    assert value(s, "agentlog_summary_tokens_total", type="input", **m) == 1200
+    assert value(s, "agentlog_summary_tokens_total", type="output", **m) == 80
+    assert value(s, "agentlog_summary_cost_usd_total", **m) == pytest.approx(0.00042)
+    h = bearer(token())
+    # the endpoint replaying it: a cached request, no tokens
+    again = (await client.get("/api/tasks/acme-r1/summary", headers=h)).json()
+    assert again["created_at"] == made.created_at
+    # new ones through the endpoint (JSON and SSE): seen by the listener and the endpoint both,
+    # counted once each
+    assert (await client.get("/api/tasks/acme-r3/summary", headers=h)).status_code == 200
+    r = await client.get("/api/tasks/acme-r2/summary", headers={**h, "Accept": "text/event-stream"})
+    assert "event: summary" in r.text
+    # a replay through the facade costs nothing: not counted
+    await backend.summary("acme-r3", tenant="acme")
+    s = await scrape(client)
+    assert value(s, "agentlog_summary_requests_total", outcome="ok", **m) == 3
+    assert value(s, "agentlog_summary_requests_total", outcome="cached", **m) == 1
+    assert value(s, "agentlog_summary_tokens_total", type="input", **m) == 3 * 1200
+    assert value(s, "agentlog_summary_tokens_total", type="output", **m) == 3 * 80
+    assert value(s, "agentlog_summary_cost_usd_total", **m) == pytest.approx(3 * 0.00042)
+
+
+async def test_following_a_backend_stops_on_close(
+    client: httpx.AsyncClient, backend: Backend
+) -> None:
+    metrics = HttpMetrics()
+    metrics.follow_backend(backend)
+    metrics.follow_backend(backend)  # again: replaces, does not add
+    first = await backend.summary("acme-r1", tenant="acme")
+    await metrics.close()
+    await backend.summary("acme-r1", refresh=True, tenant="acme")
+    s = parse(await metrics.collect(backend, ()))
+    assert value(s, "agentlog_summary_requests_total", outcome="ok") == 1
+    assert metrics.record_summary(first) is False  # already counted
+
+
+class _HiddenStore:
+    """Hides the embedded store's type, so the facade takes the read-and-mine path of other
+    sources (Loki)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def parse(scraped: Scrape) -> list[Sample]:
+    text = scraped.text().decode()
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+async def test_pattern_miner_lines_and_seconds(client: httpx.AsyncClient, backend: Backend) -> None:
+    s = await scrape(client)
+    lines, secs = "agentlog_pattern_miner_lines_total", "agentlog_pattern_miner_seconds_total"
+    assert {frozenset(x.labels) for x in s if x.name in (lines, secs)} == {frozenset({"path"})}
+    # the seed push: 11 lines (two of them errors) classified as the embedded store took them
+    assert value(s, lines, path="ingest") == 11
+    assert value(s, secs, path="ingest") > 0
+    read_lines, read_secs = value(s, lines, path="read"), value(s, secs, path="read")
+    now = time.time_ns()
+    report = await backend.failure_patterns(now - 3600 * NS, now + NS, tenant="acme")
+    assert report.error_lines == 2
+    s = await scrape(client)
+    assert value(s, lines, path="read") >= read_lines + 2  # the two error rows, at least
+    assert value(s, secs, path="read") > read_secs
+    assert value(s, lines, path="ingest") == 11
+
+
+async def test_pattern_miner_read_path_of_other_sources(
+    client: httpx.AsyncClient, backend: Backend
+) -> None:
+    generic = Backend(
+        backend.settings,
+        logs=_HiddenStore(backend.logs),  # type: ignore[arg-type]
+        tasks=backend.tasks,
+        cache=MemoryCache(),
+        summarizer=backend.summarizer,
+    )
+    metrics = HttpMetrics(source="loki")
+    try:
+        lines, secs = "agentlog_pattern_miner_lines_total", "agentlog_pattern_miner_seconds_total"
+        s = parse(await metrics.collect(generic, ()))  # no tenants: no pattern report of its own
+        assert value(s, lines, path="read") == 0 and value(s, lines, path="ingest") == 0
+        now = time.time_ns()
+        report = await generic.failure_patterns(now - 3600 * NS, now + NS, tenant="acme")
+        assert report.error_lines == 2
+        s = parse(await metrics.collect(generic, ()))
+        # read back and classified: the two error lines (no retry or tool-call lines)
+        assert value(s, lines, path="read") == 2
+        assert value(s, secs, path="read") > 0
+        assert value(s, lines, path="ingest") == 0  # nothing is classified on ingest here
+    finally:
+        await metrics.close()
+        await generic.cache.close()
 
 
 async def test_metrics_json(client: httpx.AsyncClient) -> None:

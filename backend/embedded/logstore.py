@@ -146,6 +146,9 @@ class LineIndexer(Protocol):
         self, labels: Labels, e: LogEntry
     ) -> tuple[AgentEvent | None, ErrorLine | None, list[tuple[int, str, str, str]]]: ...
 
+    def count(self, lines: int, seconds: float) -> None:
+        """Told how many lines one push classified and how long that took (for metrics)."""
+
 
 @functools.lru_cache(maxsize=512)
 def _parse_cached(query: str) -> ast.ParsedQuery:
@@ -413,6 +416,7 @@ class EmbeddedLogStore:
         assert self._indexer is not None
         events: list[AgentEvent] = []
         index_rows: list[tuple[str, int, int, str, str, str, int]] = []
+        started = time.perf_counter()
         for te, entry_id in zip(kept, ids, strict=True):
             ev, err, extra = self._indexer.index(te.labels, te.entry)
             if ev is not None:
@@ -424,6 +428,7 @@ class EmbeddedLogStore:
                 )
             for kind, run_id, agent, key in extra:
                 index_rows.append((tenant, kind, ts, run_id, agent, key, entry_id))
+        self._indexer.count(len(kept), time.perf_counter() - started)
         if index_rows:
             conn.executemany(
                 "INSERT INTO line_index (tenant, kind, ts, run_id, agent, key, entry_id) "

@@ -203,6 +203,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        metrics.follow_backend(backend)  # summaries the TUI or CLI make count too
         ctx.ready = True
         try:
             yield

@@ -18,14 +18,23 @@ What is measured where:
   `agentlog_tail_dropped_lines_total{api}` (a slow reader missed them);
 - ingest: `agentlog_ingest_entries_total{api,outcome}`, `agentlog_ingest_request_bytes_total{api}`;
 - summaries (OpenRouter or extractive): `agentlog_summary_requests_total{model,outcome}`,
-  `agentlog_summary_tokens_total{model,type}`, `agentlog_summary_cost_usd_total{model}`, from the
-  `Summary` objects the summary endpoint returns (`record_summary`; each summary counted once per
-  process, however many requests replay it);
+  `agentlog_summary_tokens_total{model,type}`, `agentlog_summary_cost_usd_total{model}`, from
+  every `Summary` the facade makes, whoever asked (the summary endpoint, the TUI beside the port,
+  the CLI: `follow_backend`), and those the summary endpoint returns (`record_summary`); each
+  summary counted once per process with outcome `ok` or `fallback` (the AI failed), however many
+  requests share or replay it. A stored summary the endpoint replays counts once per request as
+  outcome `cached`, without tokens or cost (replays elsewhere are not counted);
 - collected on scrape (`Scrape.collect`, called by the `/metrics` endpoint): cache hits, misses,
   sets, evictions, expirations and entries by level (`Backend.cache_stats`); each source's state
-  and probe latency (`Backend.health`); runs by status and triage state per tenant
-  (`Backend.task_counts`); failure patterns of the last hour per tenant, and how many are new
-  (`Backend.failure_patterns`, recomputed at most once a minute per tenant).
+  and probe latency (`Backend.health`); the failure-pattern miner's
+  `agentlog_pattern_miner_lines_total{path}` and `agentlog_pattern_miner_seconds_total{path}`
+  (`Backend.miner_stats`; `path` "ingest": lines classified as the embedded store stores them;
+  "read": lines, or the embedded store's index rows, classified and mined for failure-pattern
+  reports, including those `/metrics` itself makes. Lines/s is
+  `rate(agentlog_pattern_miner_lines_total[5m])`, the share of a core spent mining
+  `rate(agentlog_pattern_miner_seconds_total[5m])`); runs by status and
+  triage state per tenant (`Backend.task_counts`); failure patterns of the last hour per tenant,
+  and how many are new (`Backend.failure_patterns`, recomputed at most once a minute per tenant).
 
 `agentlog_tenant`-labelled families (runs, patterns) only show the caller's own tenant unless the
 caller is an admin, who sees every tenant the process knows of.
@@ -38,7 +47,7 @@ import contextlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +72,7 @@ from ..facade import Backend
 from ..models import (
     CacheStats,
     HealthState,
+    MinerStats,
     PatternKind,
     RunStatus,
     SourceHealth,
@@ -92,6 +102,7 @@ class _ScrapeCollector(Collector):
     def __init__(self) -> None:
         self.cache: list[CacheStats] = []
         self.health: list[SourceHealth] = []
+        self.miner: list[MinerStats] = []
         self.rate_limit_errors = 0
 
     def describe(self) -> list[Metric]:
@@ -143,6 +154,21 @@ class _ScrapeCollector(Collector):
                 lat.add_metric([h.name, h.kind], h.latency_ms / 1000)
         yield up
         yield lat
+        mined = CounterMetricFamily(
+            "agentlog_pattern_miner_lines",
+            "Lines the failure-pattern miner classified or mined, by path (ingest, read).",
+            labels=["path"],
+        )
+        busy = CounterMetricFamily(
+            "agentlog_pattern_miner_seconds",
+            "Seconds the failure-pattern miner spent, by path (ingest, read).",
+            labels=["path"],
+        )
+        for m in self.miner:
+            mined.add_metric([m.path], float(m.lines))
+            busy.add_metric([m.path], m.seconds)
+        yield mined
+        yield busy
         yield CounterMetricFamily(
             "agentlog_rate_limit_storage_errors",
             "Rate-limit storage failures (the requests were let through).",
@@ -297,6 +323,25 @@ class HttpMetrics:
         self._seen_summaries: OrderedDict[tuple[str, str, str, int], None] = OrderedDict()
         self._patterns: dict[str, tuple[float, _TenantFigures]] = {}
         self._pattern_tasks: dict[str, asyncio.Task[None]] = {}
+        self._unfollow: Callable[[], None] | None = None
+
+    def follow_backend(self, backend: Backend) -> None:
+        """Count every summary `backend` makes, not only those the summary endpoint serves (the
+        TUI may run beside the port in the same process). `close` stops it; following again
+        replaces the previous registration."""
+        self.unfollow_backend()
+        self._unfollow = backend.add_summary_listener(self._on_summary)
+
+    def unfollow_backend(self) -> None:
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
+
+    def _on_summary(self, summary: Summary, *, replayed: bool) -> None:
+        # A replay cost nothing now (it may have been made by another process, or before a
+        # restart); the endpoint counts its own replays as `cached`.
+        if not replayed:
+            self.record_summary(summary)
 
     # ------------------------------------------------------------ hooks
 
@@ -395,12 +440,14 @@ class HttpMetrics:
         figures = {t: await self._tenant_figures(backend, t) for t in tenants}
         self.scrape.cache = await backend.cache_stats()
         self.scrape.health = await backend.health()
+        self.scrape.miner = await backend.miner_stats()
         self.scrape.rate_limit_errors = rate_limit_errors
         extra = CollectorRegistry(auto_describe=False)
         extra.register(_TenantCollector(figures))
         return Scrape((self.registry, extra))
 
     async def close(self) -> None:
+        self.unfollow_backend()
         tasks = list(self._pattern_tasks.values())
         for t in tasks:
             t.cancel()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import statistics
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ..models import (
     AgentEvent,
     EventKind,
     LogEntry,
+    MinerStats,
     Pattern,
     PatternKind,
     RunStatus,
@@ -113,17 +115,47 @@ def _level_of(labels: dict[str, str], fields: dict[str, object] | None, names: F
     return ""
 
 
+class MinerMeter:
+    """Lines mined and seconds spent, added a batch at a time from any thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._lines = 0
+        self._seconds = 0.0
+
+    def add(self, lines: int, seconds: float) -> None:
+        with self._lock:
+            self._lines += lines
+            self._seconds += seconds
+
+    def stats(self) -> MinerStats:
+        with self._lock:
+            return MinerStats(self.path, self._lines, self._seconds)
+
+
 class Indexer:
     """Classifies lines one by one (in arrival order per stream) for failure patterns and
-    signals. One per stream of lines: it remembers whether a plain-text traceback is open."""
+    signals. One per stream of lines: it remembers whether a plain-text traceback is open.
+
+    A `timed` indexer (the embedded store's, on ingest) also keeps the lines it classified and
+    the time it took (`stats`), as its caller reports them a batch at a time (`count`)."""
 
     ERROR = 1
     RETRY = 2
     TOOL = 3
 
-    def __init__(self, names: FieldNames) -> None:
+    def __init__(self, names: FieldNames, *, timed: bool = False) -> None:
         self.names = names
+        self.timed = timed
         self._in_traceback: dict[tuple[tuple[str, str], ...], bool] = {}
+        # Written only by the one thread that calls `index`; `stats` may read from another
+        # (each attribute read is atomic, a snapshot may be a line apart between the two).
+        self._lines = 0
+        self._seconds = 0.0
+
+    def stats(self, path: str = "ingest") -> MinerStats:
+        return MinerStats(path, self._lines, self._seconds)
 
     def index(
         self, labels: dict[str, str], e: LogEntry
@@ -144,6 +176,12 @@ class Indexer:
             elif _maybe_retry(e.line) and _RETRY.search(e.line):
                 rows.append((self.RETRY, ev.run_id, ev.agent, ""))
         return ev, self._error(labels, e, fields, ev), rows
+
+    def count(self, lines: int, seconds: float) -> None:
+        """Record a batch of `lines` classified in `seconds` (kept only when `timed`)."""
+        if self.timed:
+            self._lines += lines
+            self._seconds += seconds
 
     def _error(
         self,
