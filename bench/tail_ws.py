@@ -20,12 +20,14 @@ spanning at most two pushes is taken from its first and last line; anything else
 and the drops it was told about: lines neither delivered nor reported are silent losses (must
 be 0).
 
-The server (agentlog's app, auth off on loopback, rate limits off, tail limit raised) runs in
-its own process; the pusher (httpx2, one request every 10 ms on a fixed schedule, up to 8 in
-flight) in the main process; subscribers (websockets client, no compression) in `--procs`
-processes. On a 2-core machine they all share the same cores, so the subscribers' cheap
-accounting matters. Every case stops by itself: pushing lasts `--seconds`, then subscribers
-drain until 2 s pass with nothing new (at most 20 s).
+The server (agentlog's app, auth off on loopback, rate limits off, tail limit raised from
+Loki's 10 per tenant) runs in its own process; the pusher (one request every 10 ms on a fixed
+schedule, over up to 8 keep-alive connections) in the main process; subscribers (websockets'
+Sans-I/O client on bare asyncio transports, no compression) in `--procs` processes. On a small
+machine they all share the same cores, so the load generators are kept lean, and the CPU each
+side used is printed: when together they use every core, latency is queueing, not the tail.
+Every case stops by itself: pushing lasts `--seconds`, then subscribers drain until 2 s pass
+with nothing new (at most 20 s).
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx2 as httpx
 import orjson
-import websockets
 from _common import ROOT
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
 from backend.config import load_config
 from backend.facade import Backend, settle_heap
@@ -54,7 +57,7 @@ from backend.http.serve import Server, tcp_listener, uvicorn_config
 
 assert ROOT
 PUSH_EVERY = 0.01  # 100 pushes/s
-MAX_PUSHES_IN_FLIGHT = 8
+MAX_PUSHES_IN_FLIGHT = 8  # keep-alive connections of the pusher
 SEQ_CAP = 2_000_000  # sequence numbers a subscriber can account for (400 s at 5,000/s)
 BIN_MS = 0.1  # latency histogram resolution
 MAX_BIN = 200_000  # 20 s
@@ -131,6 +134,58 @@ def _frame_lines(frame: dict[str, Any]) -> tuple[list[list[str]], int]:
     return [], 0
 
 
+class _Socket(asyncio.Protocol):
+    """One tail subscriber: a Sans-I/O WebSocket client (websockets' ClientProtocol) on a bare
+    asyncio transport - no task, queue or assembler per message, so the measuring side stays
+    light next to the server on the same cores. `on_text` gets each text message."""
+
+    def __init__(self, uri: str, on_text: Any) -> None:
+        self.ws = ClientProtocol(parse_uri(uri), max_size=None)
+        self.on_text = on_text
+        self.transport: asyncio.Transport | None = None
+        self.open = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT:
+                    self.on_text(event.data)
+            elif not self.open.done():  # the handshake's response
+                ok = getattr(event, "status_code", 0) == 101
+                self.open.set_result(None) if ok else self.open.set_exception(
+                    RuntimeError(f"tail handshake failed: {event!r}")
+                )
+        self._flush()  # pongs, close frames
+
+    def _flush(self) -> None:
+        if self.transport is not None:
+            for chunk in self.ws.data_to_send():
+                if chunk:
+                    self.transport.write(chunk)
+                else:
+                    self.transport.write_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.open.done():
+            self.open.set_exception(exc or ConnectionError("closed before the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.ws.send_close(1000)
+            self._flush()
+            self.transport.close()
+
+
 async def _subscribe(job: dict[str, Any], ready: Any, pushed_done: Any) -> dict[str, Any]:
     queries: list[str] = job["queries"]
     per: int = job["per"]
@@ -141,13 +196,6 @@ async def _subscribe(job: dict[str, Any], ready: Any, pushed_done: Any) -> dict[
     dropped = [0] * n
     dup = 0
     last_new = [time.monotonic()]
-    conns = [
-        await websockets.connect(
-            _uri(job["url"], job["route"], q, job["start_ns"]), max_size=None, compression=None
-        )
-        for q in queries
-    ]
-    ready.put(n)
 
     def count(i: int, lo: int, hi: int, sent: int, now: int) -> None:
         """Lines lo..hi-1 (one send time) reached subscriber i."""
@@ -162,43 +210,50 @@ async def _subscribe(job: dict[str, Any], ready: Any, pushed_done: Any) -> dict[
         bucket = int((now - sent) / 1e6 / BIN_MS)
         hist[min(max(bucket, 0), MAX_BIN)] += hi - lo - again
 
-    async def reader(i: int, ws: Any) -> None:
-        try:
-            async for msg in ws:
-                now = time.time_ns()
-                groups, drops = _frame_lines(orjson.loads(msg))
-                dropped[i] += drops
-                for lines in groups:
-                    if not lines:
-                        continue
-                    first, last = orjson.loads(lines[0]), orjson.loads(lines[-1])
-                    a, b, k = first["seq"], last["seq"], len(lines)
-                    # One push = `per` consecutive numbers per agent sharing one send time: a
-                    # run of consecutive numbers spanning at most two pushes needs only its
-                    # first and last line.
-                    if b - a == k - 1 and b // per - a // per <= 1:
-                        split = min(b + 1, (a // per + 1) * per)
-                        count(i, a, split, first["sent"], now)
-                        count(i, split, b + 1, last["sent"], now)
-                    else:
-                        for line in lines:
-                            d = orjson.loads(line)
-                            count(i, d["seq"], d["seq"] + 1, d["sent"], now)
-                last_new[0] = time.monotonic()
-        except websockets.ConnectionClosed:
-            pass
+    def handler(i: int) -> Any:
+        def on_text(msg: bytes) -> None:
+            now = time.time_ns()
+            groups, drops = _frame_lines(orjson.loads(msg))
+            dropped[i] += drops
+            for lines in groups:
+                if not lines:
+                    continue
+                first, last = orjson.loads(lines[0]), orjson.loads(lines[-1])
+                a, b, k = first["seq"], last["seq"], len(lines)
+                # One push = `per` consecutive numbers per agent sharing one send time: a run
+                # of consecutive numbers spanning at most two pushes needs only its first and
+                # last line.
+                if b - a == k - 1 and b // per - a // per <= 1:
+                    split = min(b + 1, (a // per + 1) * per)
+                    count(i, a, split, first["sent"], now)
+                    count(i, split, b + 1, last["sent"], now)
+                else:
+                    for line in lines:
+                        d = orjson.loads(line)
+                        count(i, d["seq"], d["seq"] + 1, d["sent"], now)
+            last_new[0] = time.monotonic()
 
-    tasks = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(conns)]
+        return on_text
+
+    loop = asyncio.get_running_loop()
+    host, port = job["url"].rsplit(":", 1)
+    socks: list[_Socket] = []
+    for i, q in enumerate(queries):
+        uri = _uri(job["url"], job["route"], q, job["start_ns"])
+        _, sock = await loop.create_connection(
+            lambda uri=uri, i=i: _Socket(uri, handler(i)), host, int(port)
+        )
+        await sock.open
+        socks.append(sock)
+    ready.put(n)
     while not pushed_done.is_set():  # noqa: ASYNC110 (a process event)
         await asyncio.sleep(0.05)
     t_cap = time.monotonic() + 20
     while time.monotonic() - last_new[0] < 2 and time.monotonic() < t_cap:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    for ws in conns:
-        await ws.close()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for sock in socks:
+        sock.close()
+    await asyncio.wait([asyncio.ensure_future(s.closed) for s in socks], timeout=5)
     return {"hist": hist, "received": received, "dropped": dropped, "dup": dup}
 
 
@@ -213,57 +268,84 @@ def agent_name(k: int) -> str:
     return f"a{k:02d}"
 
 
+class _HttpConn:
+    """A keep-alive HTTP/1.1 connection that posts and reads the (bodyless) reply: the
+    pusher's own cost per request stays small."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def post(self, host: str, path: str, body: bytes) -> tuple[int, bytes]:
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length) if length else b""
+
+
 async def push(url: str, agents: int, per: int, seconds: float) -> tuple[int, float, float]:
     """Every 10 ms on a fixed schedule (several in flight when the server is slow, as a fleet
-    would), push `per` lines for each of `agents` agents: (pushes made, achieved seconds, max
-    push time s)."""
+    would: up to MAX_PUSHES_IN_FLIGHT connections), push `per` lines for each of `agents`
+    agents: (pushes made, achieved seconds, max push time s)."""
+    host, port = url.rsplit(":", 1)
+    pool: asyncio.Queue[_HttpConn] = asyncio.Queue()
+    conns = [
+        _HttpConn(*await asyncio.open_connection(host, int(port)))
+        for _ in range(MAX_PUSHES_IN_FLIGHT)
+    ]
+    for c in conns:
+        pool.put_nowait(c)
     worst = 0.0
     pending: set[asyncio.Task[None]] = set()
-    async with httpx.AsyncClient(
-        base_url=f"http://{url}",
-        timeout=30,
-        limits=httpx.Limits(max_connections=MAX_PUSHES_IN_FLIGHT),
-    ) as client:
 
-        async def one(seq: int) -> None:
-            nonlocal worst
-            now = time.time_ns()
-            streams = [
-                {
-                    "stream": {"job": JOB, "agent": agent_name(k)},
-                    "values": [
-                        [
-                            str(now + i),
-                            orjson.dumps({"seq": seq + i, "sent": now, "msg": MSG}).decode(),
-                        ]
-                        for i in range(per)
-                    ],
-                }
-                for k in range(agents)
-            ]
-            t0 = time.perf_counter()
-            r = await client.post(
-                "/loki/api/v1/push",
-                content=orjson.dumps({"streams": streams}),
-                headers={"Content-Type": "application/json"},
-            )
-            worst = max(worst, time.perf_counter() - t0)
-            if r.status_code != 204:
-                raise RuntimeError(f"push: HTTP {r.status_code} {r.text[:200]}")
+    async def one(seq: int) -> None:
+        nonlocal worst
+        now = time.time_ns()
+        streams = [
+            {
+                "stream": {"job": JOB, "agent": agent_name(k)},
+                "values": [
+                    [str(now + i), orjson.dumps({"seq": seq + i, "sent": now, "msg": MSG}).decode()]
+                    for i in range(per)
+                ],
+            }
+            for k in range(agents)
+        ]
+        body = orjson.dumps({"streams": streams})
+        conn = await pool.get()
+        t0 = time.perf_counter()
+        try:
+            status, reply = await conn.post(url, "/loki/api/v1/push", body)
+        finally:
+            pool.put_nowait(conn)
+        worst = max(worst, time.perf_counter() - t0)
+        if status != 204:
+            raise RuntimeError(f"push: HTTP {status} {reply[:200]!r}")
 
-        pushes = 0
-        t_start = time.perf_counter()
-        t_end = t_start + seconds
-        next_at = t_start
-        while time.perf_counter() < t_end:
-            task = asyncio.create_task(one(pushes * per))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            pushes += 1
-            next_at += PUSH_EVERY
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        await asyncio.gather(*pending)
-        return pushes, time.perf_counter() - t_start, worst
+    pushes = 0
+    t_start = time.perf_counter()
+    t_end = t_start + seconds
+    next_at = t_start
+    while time.perf_counter() < t_end:
+        task = asyncio.create_task(one(pushes * per))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        pushes += 1
+        next_at += PUSH_EVERY
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    await asyncio.gather(*pending)
+    took = time.perf_counter() - t_start
+    for c in conns:
+        c.writer.close()
+    return pushes, took, worst
 
 
 def percentile(hist: list[int], p: float) -> float:
