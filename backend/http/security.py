@@ -14,8 +14,9 @@ Middleware, outermost first (`install` adds them in this order):
 3. CORS (Starlette's `CORSMiddleware`), only when `server.cors_origins` is set; no credentials
    (tokens travel in the Authorization header, which is allowed).
 4. `BodyLimit`: 413 for a body over the limit, from `Content-Length` before anything is read, or
-   while a body without one streams in. Push routes (Loki, OTLP) get the push limit (100 MiB, as
-   Loki); every other route 1 MiB. Compressed push bodies are also capped once decompressed (the
+   while a body without one streams in. Push routes (Loki, OTLP) get the push limit
+   (`server.push_body_limit`, 100 MiB as Loki); every other route `server.body_limit` (1 MiB).
+   Compressed push bodies are also capped once decompressed (`server.push_decoded_limit`; the
    decompression-bomb guard lives in `push_decode.decode_content`, used by the Loki and OTLP
    push routes).
 5. Starlette's `GZipMiddleware` (responses over 500 bytes, for clients that accept gzip; never
