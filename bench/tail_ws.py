@@ -7,8 +7,10 @@ Goal (issue 6): p99 push-to-delivery <= 100 ms; drops reported, none silent.
 
 Cases, each measured in the same run:
 - baseline: 1 subscriber following every line (Loki's `/loki/api/v1/tail`);
-- fleet: 200 subscribers, each following one agent of 25 (`{job=..., agent="a07"}`, 8 per
-  agent) while the 5,000 lines/s come from all 25 - on-call engineers watching their agents;
+- errors: 200 subscribers, each following the errors of one agent of 25 (`{job=...,
+  agent="a07"} |= "failed"`; 2% of the lines) - on-call engineers watching for trouble;
+- fleet: 200 subscribers, each following every line of one agent of 25 (8 per agent, 200
+  lines/s each) while the 5,000 lines/s come from all 25;
 - firehose: 200 subscribers all following every line (1,000,000 line deliveries/s, about
   150 MB/s of frames), on Loki's tail (<= 100 entries a frame, as Loki) and on
   `/api/logs/tail` (<= 500 a frame).
@@ -65,6 +67,8 @@ GOAL_MS = 100.0
 JOB = "bench_tail"
 FLEET_AGENTS = 25
 MSG = "tool call finished: search_docs returned 12 results in 340 ms (step 7 of run)"
+ERROR_MSG = "tool call failed: search_docs raised TimeoutError after 30 s (step 7 of run)"
+ERROR_EVERY = 50  # every 50th line of an agent is an error (2% of the lines)
 
 
 async def _serve(data_dir: Path, url_q: Any, stop: Any) -> None:
@@ -268,6 +272,11 @@ def agent_name(k: int) -> str:
     return f"a{k:02d}"
 
 
+def _line(seq: int, sent: int) -> str:
+    msg = ERROR_MSG if seq % ERROR_EVERY == 0 else MSG
+    return orjson.dumps({"seq": seq, "sent": sent, "msg": msg}).decode()
+
+
 class _HttpConn:
     """A keep-alive HTTP/1.1 connection that posts and reads the (bodyless) reply: the
     pusher's own cost per request stays small."""
@@ -312,10 +321,7 @@ async def push(url: str, agents: int, per: int, seconds: float) -> tuple[int, fl
         streams = [
             {
                 "stream": {"job": JOB, "agent": agent_name(k)},
-                "values": [
-                    [str(now + i), orjson.dumps({"seq": seq + i, "sent": now, "msg": MSG}).decode()]
-                    for i in range(per)
-                ],
+                "values": [[str(now + i), _line(seq + i, now)] for i in range(per)],
             }
             for k in range(agents)
         ]
@@ -381,6 +387,7 @@ def run_case(
     route: str,
     subscribers: int,
     agents: int,
+    errors_only: bool,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     per = max(1, round(args.rate * PUSH_EVERY / agents))  # lines per agent per push
@@ -388,6 +395,8 @@ def run_case(
         queries = [f'{{job="{JOB}"}}'] * subscribers
     else:
         queries = [f'{{job="{JOB}", agent="{agent_name(i % agents)}"}}' for i in range(subscribers)]
+    if errors_only:
+        queries = [q + ' |= "failed"' for q in queries]
     ctx = multiprocessing.get_context("spawn")
     ready, out, done = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_ns = time.time_ns()
@@ -429,6 +438,8 @@ def run_case(
     for p in ps:
         p.join(30)
     each = pushes * per  # lines of one agent
+    if errors_only:
+        each = len(range(0, each, ERROR_EVERY))
     silent = sum(max(0, each - got - d) for got, d in zip(received, dropped, strict=True))
     return {
         "case": name,
@@ -448,11 +459,12 @@ def run_case(
 
 
 CASES = {
-    # name: (route, subscribers (None: --subscribers), agents)
-    "baseline": ("loki", 1, 1),
-    "fleet": ("loki", None, FLEET_AGENTS),
-    "firehose": ("loki", None, 1),
-    "firehose-api": ("api", None, 1),
+    # name: (route, subscribers (None: --subscribers), agents, errors only)
+    "baseline": ("loki", 1, 1, False),
+    "errors": ("loki", None, FLEET_AGENTS, True),
+    "fleet": ("loki", None, FLEET_AGENTS, False),
+    "firehose": ("loki", None, 1, False),
+    "firehose-api": ("api", None, 1, False),
 }
 
 
@@ -474,9 +486,11 @@ def main() -> None:
         server.start()
         try:
             for name in names:
-                route, subs, agents = CASES[name]
+                route, subs, agents, errors_only = CASES[name]
                 n = args.subscribers if subs is None else subs
-                rows.append(run_case(name, server.url, server.pid, route, n, agents, args))
+                rows.append(
+                    run_case(name, server.url, server.pid, route, n, agents, errors_only, args)
+                )
         finally:
             server.stop()
     print(
