@@ -974,12 +974,15 @@ class EmbeddedLogStore:
                         max(c[3] for c in mine),
                     )
             cursor = skip_to
+        # Only the streams some tail follows come back (a few selective tails beside a busy
+        # fleet should not pull every line into Python); `+stream_id`: walk the id range.
+        followed = sorted(frozenset().union(*streams.values()))
         rows = conn.execute(
             "SELECT id, stream_id, ts, line, metadata FROM entries WHERE id > ? AND id <= ? "
-            "ORDER BY id LIMIT ?",
-            (cursor, max_id, TAIL_BATCH),
+            "AND +stream_id IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+            (cursor, max_id, orjson.dumps(followed).decode(), TAIL_BATCH),
         ).fetchall()
-        # Fewer rows than asked: nothing is left below max_id, so the cursor jumps there.
+        # Fewer rows than asked: none of ours is left below max_id, so the cursor jumps there.
         new_cursor = max_id if len(rows) < TAIL_BATCH else rows[-1][0]
         by_stream: dict[int, list[Any]] = {}
         for row in rows:
