@@ -18,7 +18,7 @@ from backend.embedded import fanout
 from backend.embedded.logstore import EmbeddedLogStore
 from backend.embedded.sqlite_exec import CHECKPOINT_EVERY_S
 from backend.http.wstail import FrameCache
-from backend.models import LogEntry, Stream, TailBatch
+from backend.models import LogEntry, Stream, TailBatch, TailEntry
 
 NS = 1_000_000_000
 T0 = 1_790_000_000 * NS
@@ -210,7 +210,7 @@ async def test_closing_the_store_ends_waiting_tails_with_an_error(tmp_path: Path
 
 
 def test_pause_grows_with_subscribers_within_its_bounds() -> None:
-    async def never(cursor: int, groups: object) -> tuple[int, list[object]]:
+    async def never(cursor: int, groups: object, upto: object) -> tuple[int, list[object]]:
         raise AssertionError
 
     async def wait() -> None:
@@ -225,6 +225,46 @@ def test_pause_grows_with_subscribers_within_its_bounds() -> None:
     assert hub.pause_s() == pytest.approx(0.03)
     group.subs.update(fanout.Subscriber(10) for _ in range(880))
     assert hub.pause_s() == 0.05
+
+
+def _share(group: fanout.TailGroup, lo: int, hi: int) -> tuple[fanout.TailGroup, object]:
+    """What a read of ids (lo, hi] gives `group`: one line per id."""
+    ids = list(range(lo + 1, hi + 1))
+    entries = [TailEntry({"q": group.key[1]}, LogEntry(i, f"{group.key[1]} {i}")) for i in ids]
+    return group, fanout.SharedBatch(lo, hi, ids, TailBatch(entries))
+
+
+async def test_a_group_created_during_a_read_still_gets_that_reads_entries() -> None:
+    gate = asyncio.Event()
+    calls: list[tuple[int, list[str], int | None]] = []
+
+    async def read(cursor: int, groups: list[fanout.TailGroup], upto: int | None) -> object:
+        calls.append((cursor, [g.key[1] for g in groups], upto))
+        if len(calls) == 1:
+            await gate.wait()  # the first round is in flight while "b" is created
+            return 10, [_share(g, cursor, 10) for g in groups]
+        if upto is None:
+            await asyncio.sleep(3600)  # nothing more comes
+        assert upto is not None
+        return upto, [_share(g, cursor, upto) for g in groups]
+
+    async def wait() -> None:
+        await asyncio.sleep(3600)
+
+    hub = fanout.TailHub(read, wait, 0.0)  # type: ignore[arg-type]
+    _, sub_a, _ = hub.join(("t", "a"), lambda: None, 100)
+    hub.start(0)
+    await asyncio.sleep(0.01)  # the reader is inside its first read now
+    _, sub_b, joined_b = hub.join(("t", "b"), lambda: None, 100)
+    assert joined_b == 0  # so "b" must be served (0, 10] although the read began without it
+    gate.set()
+    got_a = await asyncio.wait_for(sub_a.next(), 5)
+    got_b = await asyncio.wait_for(sub_b.next(), 5)
+    assert [te.entry.line for te in got_a.entries] == [f"a {i}" for i in range(1, 11)]
+    assert [te.entry.line for te in got_b.entries] == [f"b {i}" for i in range(1, 11)]
+    assert calls[:2] == [(0, ["a"], None), (0, ["b"], 10)]
+    assert hub.cursor == 10
+    await hub.stop()
 
 
 def test_frame_cache_encodes_a_batch_once_per_format() -> None:

@@ -143,12 +143,17 @@ class TailGroup:
         self.subs: set[Subscriber] = set()
 
 
-Read = Callable[[int, list[TailGroup]], Awaitable[tuple[int, list[tuple[TailGroup, SharedBatch]]]]]
+# read(cursor, groups, upto): the entries after `cursor` (up to id `upto` if given), split among
+# `groups`, and the cursor to continue from.
+Read = Callable[
+    [int, list[TailGroup], int | None],
+    Awaitable[tuple[int, list[tuple[TailGroup, SharedBatch]]]],
+]
 
 
 class TailHub:
     """One reader for every live tail of a store: each read takes the entries stored after the
-    cursor once and hands each group its share (`read(cursor, groups)`); `wait()` returns when
+    cursor once and hands each group its share (`read(cursor, groups, upto)`); `wait()` returns when
     a push may have added entries (or after a poll interval). While entries keep coming, reads
     are paced: fewer, fuller batches (and frames, and socket writes) for every subscriber. The
     pause grows with the number of subscribers, from `gather_s` up to `max_gather_s`, so that
@@ -203,7 +208,17 @@ class TailHub:
         try:
             while self.groups:
                 assert self.cursor is not None
-                cursor, shares = await self._read(self.cursor, list(self.groups.values()))
+                prev = self.cursor
+                served = list(self.groups.values())
+                cursor, shares = await self._read(prev, served, None)
+                # A group created while that read ran was not part of it, yet its subscribers
+                # joined at `prev`: read its share of (prev, cursor] before moving on.
+                while late := [g for g in self.groups.values() if g not in served]:
+                    served += late
+                    at = prev
+                    while at < cursor:
+                        at, more = await self._read(at, late, cursor)
+                        shares += more
                 # Cursor and offers change together (no await between): a subscriber that
                 # registers now sees only batches above the cursor it read.
                 self.cursor = cursor

@@ -209,8 +209,8 @@ class EmbeddedLogStore:
         self._last_retention = 0.0
         self._waiters: set[asyncio.Future[None]] = set()
         self._tail_hub = TailHub(
-            lambda cursor, groups: self._db.read(
-                functools.partial(self._hub_read, cursor=cursor, groups=groups)
+            lambda cursor, groups, upto: self._db.read(
+                functools.partial(self._hub_read, cursor=cursor, groups=groups, upto=upto)
             ),
             functools.partial(self._wait_for_push, TAIL_POLL_S),
             TAIL_GATHER_S,
