@@ -106,7 +106,8 @@ FUTURE_GRACE_NS = 10 * 60 * 1_000_000_000  # Loki's creation_grace_period
 MAX_LABELS = 15  # Loki's max_label_names_per_series
 MAX_LIMIT = 100_000  # hard cap on entries per log query (Loki: max_entries_limit_per_query)
 RETENTION_EVERY_S = 300.0
-TAIL_POLL_S = 0.25  # how often a tail looks for lines written by other processes
+TAIL_POLL_S = 0.05  # how often the tail hub looks for lines other processes wrote (a push here
+# wakes it at once); one cheap read (the newest id) per look, and only while tails are open
 TAIL_BATCH = 5000  # entries (of every stream) per round of the tail hub
 TAIL_GATHER_S = 0.02  # a busy tail hub reads at most this often (50 rounds/s, <= 20 ms added)
 TAIL_MAX_GATHER_S = 0.05  # ... and, with hundreds of subscribers, at least this often
