@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
+from fake_openai import FakeOpenAI
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -53,3 +55,10 @@ def _isolated_dirs(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(base / "data"))
     monkeypatch.delenv("AGENTLOG_CONFIG", raising=False)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server standing in for OpenRouter (tests/fake_openai.py)."""
+    with FakeOpenAI() as f:
+        yield f

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -27,12 +27,6 @@ from backend.http.metrics import HttpMetrics, Scrape
 
 NS = 1_000_000_000
 RUN_IDS = {"acme-r1", "acme-r2", "acme-r3"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as f:
-        yield f
 
 
 @pytest.fixture

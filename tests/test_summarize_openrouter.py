@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,6 @@ async def push_run(b: Backend, lines: list[str], run_id: str = RUN) -> None:
     entries = [LogEntry(start + i * NS // 10, ln, {"run_id": run_id}) for i, ln in enumerate(lines)]
     res = await b.push([Stream({"agent": "coder", "service_name": "t"}, entries)])
     assert res.accepted == len(lines)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as f:
-        yield f
 
 
 def settings_for(tmp_path: Path, fake: FakeOpenAI, **extra: object) -> Any:

@@ -13,23 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from test_logstore import T0, Clock
 
 from backend.embedded import fanout
 from backend.embedded.logstore import EmbeddedLogStore
 from backend.embedded.sqlite_exec import CHECKPOINT_EVERY_S
 from backend.http.wstail import FrameCache
 from backend.models import LogEntry, Stream, TailBatch, TailEntry
-
-NS = 1_000_000_000
-T0 = 1_790_000_000 * NS
-
-
-class Clock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest.fixture

@@ -135,18 +135,6 @@ def _limits_redis_url(backend: Backend, storage: str) -> str | None:
     return storage
 
 
-def _rate_limits(server: ServerSettings) -> RateLimits:
-    r = server.rate_limits
-    return RateLimits(
-        enabled=r.enabled,
-        read=r.read,
-        write=r.write,
-        push=r.push,
-        expensive=r.expensive,
-        auth_failures=r.auth_failures,
-    )
-
-
 def _push_limits(server: ServerSettings) -> PushLimits:
     return PushLimits(
         max_body_bytes=server.push_body_limit, max_decoded_bytes=server.push_decoded_limit
@@ -190,7 +178,7 @@ def create_app(
             enabled=enabled, secret=secret, keys=keys, default_tenant=default_tenant
         ),
         limiter=RateLimiter(
-            opts.rate_limits or _rate_limits(server),
+            opts.rate_limits or server.rate_limits,
             redis_url=_limits_redis_url(backend, opts.limits_storage),
             key_prefix=settings.redis.key_prefix,
         ),

@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
 from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from ..config import RateLimitSettings
 
 __all__ = ["CATEGORIES", "RateLimiter", "RateLimits"]
 
@@ -35,30 +36,17 @@ REDIS_TIMEOUT_S = 0.5  # a slow Redis must not hold every request
 CATEGORIES = ("read", "write", "push", "expensive", "auth_failures")
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    """Limits in the `limits` notation ("600/minute", "10/second;100/minute").
+# The limits are the `server.rate_limits` settings (one definition, validated there); code and
+# tests build them the same way: `RateLimits(read="3/minute")`.
+RateLimits = RateLimitSettings
 
-    read: GET routes (queries, lists, analytics, metrics); write: triage and status changes, key
-    management; push: Loki and OTLP push requests (a pusher batches, so these are requests, not
-    lines); expensive: summaries with refresh (an LLM call each); auth_failures: failed logins
-    per client address."""
 
-    enabled: bool = True
-    read: str = "3000/minute"
-    write: str = "300/minute"
-    push: str = "6000/minute"
-    expensive: str = "30/minute"
-    auth_failures: str = "60/minute"
-
-    def items(self) -> dict[str, list[RateLimitItem]]:
-        out: dict[str, list[RateLimitItem]] = {}
-        for f in fields(self):
-            if f.name == "enabled":
-                continue
-            text = getattr(self, f.name)
-            out[f.name] = [parse(part) for part in text.split(";") if part.strip()]
-        return out
+def _parse_limits(limits: RateLimits) -> dict[str, list[RateLimitItem]]:
+    """Each category's limits ("10/second;100/minute" is two)."""
+    return {
+        name: [parse(part) for part in getattr(limits, name).split(";") if part.strip()]
+        for name in CATEGORIES
+    }
 
 
 def _storage_uri(redis_url: str) -> str:
@@ -83,7 +71,7 @@ class RateLimiter:
         key_prefix: str = "agentlog:",
     ) -> None:
         self.limits = limits or RateLimits()
-        self.items = self.limits.items()
+        self.items = _parse_limits(self.limits)
         self.shared = redis_url is not None
         self.storage: Storage
         if redis_url is not None:
