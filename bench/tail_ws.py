@@ -16,11 +16,12 @@ Cases, each measured in the same run:
   `/api/logs/tail` (<= 500 a frame).
 
 Each line carries its agent, a sequence number within that agent and its send time (wall
-clock, taken just before the push request is built); delivery is when a subscriber has parsed
-the frame. Every subscriber counts the distinct lines it got (a run of consecutive numbers
-spanning at most two pushes is taken from its first and last line; anything else line by line)
-and the drops it was told about: lines neither delivered nor reported are silent losses (must
-be 0).
+clock, taken just before the push request is built; the pusher also writes each push's send
+time to a table shared with the subscribers); delivery is when a subscriber has parsed the
+frame. Every subscriber counts the distinct lines it got (a run of consecutive numbers is
+taken from its first and last line and the send-time table; anything else line by line: the
+measuring side must not be what is slow) and the drops it was told about: lines neither
+delivered nor reported are silent losses (must be 0).
 
 The server (agentlog's app, auth off on loopback, rate limits off, tail limit raised from
 Loki's 10 per tenant) runs in its own process; the pusher (one request every 10 ms on a fixed
@@ -128,12 +129,13 @@ def _uri(url: str, route: str, query: str, start_ns: int) -> str:
 
 def _frame_lines(frame: dict[str, Any]) -> tuple[list[list[str]], int]:
     """(lists of lines, one per stream, and the drops reported) of a Loki or API frame."""
+    kind = frame.get("type")
+    if kind == "entries":
+        return [[e["line"] for e in s["entries"]] for s in frame["streams"]], 0
     if "streams" in frame:
         groups = [[v[1] for v in s["values"]] for s in frame["streams"]]
         return groups, len(frame.get("dropped_entries") or ())
-    if frame.get("type") == "entries":
-        return [[e["line"] for e in frame["entries"]]], 0
-    if frame.get("type") == "dropped":
+    if kind == "dropped":
         return [], int(frame["count"])
     return [], 0
 
@@ -190,7 +192,9 @@ class _Socket(asyncio.Protocol):
             self.transport.close()
 
 
-async def _subscribe(job: dict[str, Any], ready: Any, pushed_done: Any) -> dict[str, Any]:
+async def _subscribe(
+    job: dict[str, Any], sent_at: Any, ready: Any, pushed_done: Any
+) -> dict[str, Any]:
     queries: list[str] = job["queries"]
     per: int = job["per"]
     n = len(queries)
@@ -222,15 +226,13 @@ async def _subscribe(job: dict[str, Any], ready: Any, pushed_done: Any) -> dict[
             for lines in groups:
                 if not lines:
                     continue
-                first, last = orjson.loads(lines[0]), orjson.loads(lines[-1])
-                a, b, k = first["seq"], last["seq"], len(lines)
-                # One push = `per` consecutive numbers per agent sharing one send time: a run
-                # of consecutive numbers spanning at most two pushes needs only its first and
-                # last line.
-                if b - a == k - 1 and b // per - a // per <= 1:
-                    split = min(b + 1, (a // per + 1) * per)
-                    count(i, a, split, first["sent"], now)
-                    count(i, split, b + 1, last["sent"], now)
+                a, b = orjson.loads(lines[0])["seq"], orjson.loads(lines[-1])["seq"]
+                # One push = `per` consecutive numbers per agent sharing one send time, which
+                # the pusher also wrote to the shared `sent_at` table: a run of consecutive
+                # numbers needs only its first and last line parsed.
+                if b - a == len(lines) - 1:
+                    for p in range(a // per, b // per + 1):
+                        count(i, max(a, p * per), min(b + 1, (p + 1) * per), sent_at[p], now)
                 else:
                     for line in lines:
                         d = orjson.loads(line)
@@ -261,8 +263,8 @@ async def _subscribe(job: dict[str, Any], ready: Any, pushed_done: Any) -> dict[
     return {"hist": hist, "received": received, "dropped": dropped, "dup": dup}
 
 
-def subscriber_process(job: dict[str, Any], ready: Any, done: Any, out: Any) -> None:
-    out.put(asyncio.run(_subscribe(job, ready, done)))
+def subscriber_process(job: dict[str, Any], sent_at: Any, ready: Any, done: Any, out: Any) -> None:
+    out.put(asyncio.run(_subscribe(job, sent_at, ready, done)))
 
 
 # ---------------------------------------------------------------- pusher (main process)
@@ -300,10 +302,13 @@ class _HttpConn:
         return status, await self.reader.readexactly(length) if length else b""
 
 
-async def push(url: str, agents: int, per: int, seconds: float) -> tuple[int, float, float]:
+async def push(
+    url: str, agents: int, per: int, seconds: float, sent_at: Any
+) -> tuple[int, float, float]:
     """Every 10 ms on a fixed schedule (several in flight when the server is slow, as a fleet
     would: up to MAX_PUSHES_IN_FLIGHT connections), push `per` lines for each of `agents`
-    agents: (pushes made, achieved seconds, max push time s)."""
+    agents: (pushes made, achieved seconds, max push time s). Push k's send time goes into the
+    line and into `sent_at[k]`."""
     host, port = url.rsplit(":", 1)
     pool: asyncio.Queue[_HttpConn] = asyncio.Queue()
     conns = [
@@ -318,6 +323,7 @@ async def push(url: str, agents: int, per: int, seconds: float) -> tuple[int, fl
     async def one(seq: int) -> None:
         nonlocal worst
         now = time.time_ns()
+        sent_at[seq // per] = now
         streams = [
             {
                 "stream": {"job": JOB, "agent": agent_name(k)},
@@ -340,7 +346,7 @@ async def push(url: str, agents: int, per: int, seconds: float) -> tuple[int, fl
     t_start = time.perf_counter()
     t_end = t_start + seconds
     next_at = t_start
-    while time.perf_counter() < t_end:
+    while time.perf_counter() < t_end and pushes < len(sent_at):
         task = asyncio.create_task(one(pushes * per))
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -399,6 +405,8 @@ def run_case(
         queries = [q + ' |= "failed"' for q in queries]
     ctx = multiprocessing.get_context("spawn")
     ready, out, done = ctx.Queue(), ctx.Queue(), ctx.Event()
+    # Each push's send time, shared with the subscribers (int64 ns; written before the push).
+    sent_at = ctx.Array("q", int(args.seconds / PUSH_EVERY) + 100, lock=False)
     start_ns = time.time_ns()
     procs = max(1, min(args.procs, subscribers))
     chunks = [queries[i::procs] for i in range(procs)]
@@ -407,6 +415,7 @@ def run_case(
             target=subscriber_process,
             args=(
                 {"url": url, "route": route, "queries": q, "per": per, "start_ns": start_ns},
+                sent_at,
                 ready,
                 done,
                 out,
@@ -422,7 +431,7 @@ def run_case(
     time.sleep(0.5)  # let every tail reach the live phase
     pids = {"server": [server_pid], "subscribers": [p.pid for p in ps if p.pid], "pusher": [0]}
     cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
-    pushes, took, worst = asyncio.run(push(url, agents, per, args.seconds))
+    pushes, took, worst = asyncio.run(push(url, agents, per, args.seconds, sent_at))
     cpu = {k: (cpu_seconds(v) - cpu0[k]) / took for k, v in pids.items()}
     done.set()
     hist = [0] * (MAX_BIN + 1)

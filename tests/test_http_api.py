@@ -454,6 +454,11 @@ async def _frames(ws: Any, n: int, wait_s: float = 5.0) -> list[dict[str, Any]]:
     return out
 
 
+def _tail_entries(frame: dict[str, Any]) -> list[dict[str, Any]]:
+    """An /api/logs/tail `entries` frame's entries, stream after stream."""
+    return [e for s in frame["streams"] for e in s["entries"]]
+
+
 async def test_tail_websocket_backfill_live_and_resume(
     server: RunningServer, client: httpx.AsyncClient, backend: Backend
 ) -> None:
@@ -467,13 +472,19 @@ async def test_tail_websocket_backfill_live_and_resume(
         start, backfill = await _frames(ws, 2)
         assert start["type"] == "start" and start["backfill_limit"] == 1
         assert start["backfill_skipped"] == 1  # two run.end lines for coder, one replayed
-        assert backfill["type"] == "entries" and len(backfill["entries"]) == 1
+        assert backfill["type"] == "entries" and len(_tail_entries(backfill)) == 1
         now = time.time_ns()
         await backend.push(
             _streams([(now, {"agent": "coder"}, line(event="run.end", run_id="x1"))]), "acme"
         )
         (live,) = await _frames(ws, 1)
-        assert [orjson.loads(e["line"])["run_id"] for e in live["entries"]] == ["x1"]
+        assert [orjson.loads(e["line"])["run_id"] for e in _tail_entries(live)] == ["x1"]
+        ((stream),) = live["streams"]
+        assert stream["labels"]["agent"] == "coder" and set(stream["entries"][0]) == {
+            "ts",
+            "line",
+            "metadata",
+        }
         resume_at = live["next_start"]
     await backend.push(
         _streams([(time.time_ns(), {"agent": "coder"}, line(event="run.end", run_id="x2"))]),
@@ -482,7 +493,7 @@ async def test_tail_websocket_backfill_live_and_resume(
     async with websockets.connect(url(start=resume_at), additional_headers=h) as ws:
         start, backfill = await _frames(ws, 2)
         assert start["backfill_skipped"] == 0
-        assert [orjson.loads(e["line"])["run_id"] for e in backfill["entries"]] == ["x2"]
+        assert [orjson.loads(e["line"])["run_id"] for e in _tail_entries(backfill)] == ["x2"]
     # no token: refused before the upgrade (401); a bad query: 400
     with pytest.raises(websockets.InvalidStatus) as err:
         async with websockets.connect(url()):
@@ -497,7 +508,56 @@ async def test_tail_websocket_backfill_live_and_resume(
     other = bearer(token("viewer", "globex"))
     async with websockets.connect(url(limit="100"), additional_headers=other) as ws:
         start, backfill = await _frames(ws, 2)
-        assert {orjson.loads(e["line"])["run_id"] for e in backfill["entries"]} == {"globex-r1"}
+        assert {orjson.loads(e["line"])["run_id"] for e in _tail_entries(backfill)} == {"globex-r1"}
+
+
+async def test_tail_frames_group_entries_by_stream(server: RunningServer, backend: Backend) -> None:
+    # limit 100: a line stored before the tail joined the store's reader comes as backfill
+    q = urlencode({"query": '{agent=~"grp-.+"}', "limit": 100})
+    async with websockets.connect(
+        f"{server.ws_url}/api/logs/tail?{q}", additional_headers=bearer(token())
+    ) as ws:
+        await _frames(ws, 1)
+        t0 = time.time_ns()
+        sent = [(t0 + i, {"agent": f"grp-{'ab'[i % 2]}"}, f"line {i}") for i in range(6)]
+        await backend.push(_streams(sent), "acme")
+        got: dict[str, list[str]] = {}
+        while sum(map(len, got.values())) < 6:
+            (frame,) = await _frames(ws, 1)
+            assert frame["type"] == "entries"
+            assert int(frame["next_start"]) > max(int(e["ts"]) for e in _tail_entries(frame))
+            for st in frame["streams"]:
+                # each stream once per frame, with its labels; its lines in time order
+                got.setdefault(st["labels"]["agent"], []).extend(e["line"] for e in st["entries"])
+        assert got == {
+            "grp-a": ["line 0", "line 2", "line 4"],
+            "grp-b": ["line 1", "line 3", "line 5"],
+        }
+
+
+async def test_tail_without_backfill_gets_every_line_pushed_after_its_start_frame(
+    server: RunningServer, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_tail = backend.tail
+
+    def late_tail(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async def gen() -> AsyncIterator[Any]:
+            await asyncio.sleep(0.3)  # the store's reader is joined well after `start` went out
+            async for batch in real_tail(*args, **kwargs):
+                yield batch
+
+        return gen()
+
+    monkeypatch.setattr(backend, "tail", late_tail)
+    q = urlencode({"query": '{agent="late"}', "limit": 0, "since": "1h"})
+    async with websockets.connect(
+        f"{server.ws_url}/api/logs/tail?{q}", additional_headers=bearer(token())
+    ) as ws:
+        (start,) = await _frames(ws, 1)
+        assert start["type"] == "start" and start["backfill_limit"] == 0
+        await backend.push(_streams([(time.time_ns(), {"agent": "late"}, "right after")]), "acme")
+        (frame,) = await _frames(ws, 1)
+        assert [e["line"] for e in _tail_entries(frame)] == ["right after"]
 
 
 async def test_tail_reports_drops(tmp_path: Path) -> None:
@@ -509,6 +569,10 @@ async def test_tail_reports_drops(tmp_path: Path) -> None:
             )
             async with websockets.connect(url, additional_headers=bearer(token())) as ws:
                 await _frames(ws, 1)
+                # Once a first line has come through, the tail follows the store's reader.
+                await be.push(_streams([(time.time_ns(), {"agent": "burst"}, "hello")]), "acme")
+                (hello,) = await _frames(ws, 1)
+                assert [e["line"] for e in _tail_entries(hello)] == ["hello"]
                 t0 = time.time_ns()
                 await be.push(
                     _streams([(t0 + i, {"agent": "burst"}, f"line {i}") for i in range(500)]),
@@ -519,11 +583,13 @@ async def test_tail_reports_drops(tmp_path: Path) -> None:
                 while seen < 500:
                     frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
                     got.append(frame)
-                    seen += frame["count"] if frame["type"] == "dropped" else len(frame["entries"])
+                    seen += (
+                        frame["count"] if frame["type"] == "dropped" else len(_tail_entries(frame))
+                    )
                 dropped = [f for f in got if f["type"] == "dropped"]
                 assert dropped and sum(f["count"] for f in dropped) == 490
                 assert int(dropped[0]["from"]) == t0
-                lines = [e["line"] for f in got if f["type"] == "entries" for e in f["entries"]]
+                lines = [e["line"] for f in got if f["type"] == "entries" for e in _tail_entries(f)]
                 assert lines == [f"line {i}" for i in range(490, 500)]
     finally:
         await be.close()

@@ -189,7 +189,8 @@ async def test_tail_metrics(
         while n < 5:
             import orjson
 
-            n += len(orjson.loads(await asyncio.wait_for(ws.recv(), 5))["entries"])
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            n += sum(len(st["entries"]) for st in frame["streams"])
     await asyncio.sleep(0.1)
     s = await scrape(client)
     assert value(s, "agentlog_tail_subscribers", api="api") == 0
