@@ -560,6 +560,51 @@ async def test_tail_without_backfill_gets_every_line_pushed_after_its_start_fram
         assert [e["line"] for e in _tail_entries(frame)] == ["right after"]
 
 
+async def test_a_tail_client_that_stops_reading_is_told_what_it_missed(tmp_path: Path) -> None:
+    """A client that stops reading: once the socket's buffers are full the server's send waits,
+    that tail's queue drops its oldest lines and says so; another tail gets every line."""
+    be = await backend_at(tmp_path, {"server.jwt_secret": SECRET, "embedded.tail_buffer": 200})
+    n, per_push, pad = 4000, 100, "x" * 8000  # 32 MB: more than loopback's socket buffers hold
+    q = urlencode({"query": '{agent="slowpoke"}', "limit": 0})
+    try:
+        async with run_server(create_app(be)) as srv:
+            url, h = f"{srv.ws_url}/api/logs/tail?{q}", bearer(token())
+            async with (
+                websockets.connect(url, additional_headers=h, max_queue=1) as slow,
+                websockets.connect(url, additional_headers=h) as fast,
+            ):
+                for ws in (slow, fast):
+                    await _frames(ws, 1)
+                await be.push(_streams([(time.time_ns(), {"agent": "slowpoke"}, "hi")]), "acme")
+                for ws in (slow, fast):  # both follow the store's reader now
+                    assert [e["line"] for e in _tail_entries((await _frames(ws, 1))[0])] == ["hi"]
+                got_fast = 0
+                for k in range(0, n, per_push):
+                    t0 = time.time_ns()
+                    batch = [
+                        (t0 + i, {"agent": "slowpoke"}, f"{k + i} {pad}") for i in range(per_push)
+                    ]
+                    await be.push(_streams(batch), "acme")
+                    while got_fast < k + per_push:  # the reading client keeps up, loses nothing
+                        (frame,) = await _frames(ws=fast, n=1, wait_s=10)
+                        assert frame["type"] == "entries"
+                        got_fast += len(_tail_entries(frame))
+                assert got_fast == n
+                delivered: list[int] = []
+                dropped = 0
+                while len(delivered) + dropped < n:
+                    (frame,) = await _frames(ws=slow, n=1, wait_s=10)
+                    if frame["type"] == "dropped":
+                        dropped += frame["count"]
+                    else:
+                        delivered += [int(e["line"].split()[0]) for e in _tail_entries(frame)]
+                assert dropped > 0 and len(delivered) + dropped == n
+                assert delivered == sorted(set(delivered))  # in order, none twice
+                assert delivered[-1] == n - 1  # it ends with the newest
+    finally:
+        await be.close()
+
+
 async def test_tail_reports_drops(tmp_path: Path) -> None:
     be = await backend_at(tmp_path, {"server.jwt_secret": SECRET, "embedded.tail_buffer": 10})
     try:
