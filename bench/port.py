@@ -10,7 +10,8 @@ uvicorn settings as `agentlog serve`. The load comes from `--clients` separate p
 asyncio HTTP/1.1, keep-alive, one request in flight per connection), so the client does not share
 the server's GIL. Every agentlog request carries a JWT (auth, rate limiter off, access log,
 metrics, security headers all run). `GET /api/tasks?limit=50` is the same URL every time (what a
-dashboard polling the port sends). The store holds `--runs` runs, applied as events.
+dashboard polling the port sends): answered from the task-list cache, which is read from the
+task table once a second. The store holds `--runs` runs, applied as events.
 """
 
 from __future__ import annotations

@@ -29,10 +29,11 @@ from backend.cli import admin
 from backend.config import load_config
 from backend.errors import UsageError
 from backend.facade import Backend
-from backend.http.api import SearchIn, build_search_logql, re2_escape
+from backend.http.api import TASKS_TTL_S, SearchIn, build_search_logql, re2_escape
 from backend.http.app import create_app
 from backend.http.auth import mint_token
 from backend.http.serve import check_bind
+from backend.models import TriageState
 
 NS = 1_000_000_000
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
@@ -357,6 +358,53 @@ async def test_tasks_filters_sort_and_keyset_pages(client: httpx.AsyncClient) ->
     assert t["status"] == "failed" and t["error_count"] == 1 and t["model"] == "m-1"
     assert t["input_tokens"] == 100 and t["duration_ns"] == 3 * NS
     assert (await client.get("/api/tasks/nope", headers=h)).status_code == 404
+
+
+async def test_task_lists_are_cached_for_a_second_and_a_triage_shows_at_once(
+    client: httpx.AsyncClient, backend: Backend
+) -> None:
+    h, op = bearer(token()), bearer(token("operator", sub="bob"))
+    url = "/api/tasks?status=failed&sort=newest&since=1h"
+    first = await client.get(url, headers=h)
+    second = await client.get(url, headers=h)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert second.json() == first.json()
+    assert [t["triage"] for t in first.json()["tasks"]] == ["new", "new"]
+    # another tenant asking the same URL gets its own runs, not acme's page
+    other = await client.get(url, headers=bearer(token(tenant="globex")))
+    assert [t["run_id"] for t in other.json()["tasks"]] == ["globex-r1"]
+    r = await client.put("/api/tasks/acme-r1/status", json={"triage": "acked"}, headers=op)
+    assert r.status_code == 200
+    after = await client.get(url, headers=h)
+    assert after.headers["x-cache"] == "miss"
+    assert {t["run_id"]: t["triage"] for t in after.json()["tasks"]} == {
+        "acme-r3": "new",
+        "acme-r1": "acked",
+    }
+    # 20 dashboards asking at once for a page not in the cache: one read of the task table
+    calls = 0
+    real_list = backend.list_tasks
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return await real_list(*args, **kwargs)
+
+    backend.list_tasks = counting  # type: ignore[method-assign]
+    try:
+        many = await asyncio.gather(
+            *(client.get("/api/tasks?sort=oldest", headers=h) for _ in range(20))
+        )
+    finally:
+        backend.list_tasks = real_list  # type: ignore[method-assign]
+    assert calls == 1 and len({r.content for r in many}) == 1
+    assert sorted(r.headers["x-cache"] for r in many) == ["hit"] * 19 + ["miss"]
+    # a run changed behind the port's back (here: the facade) shows once the second is over
+    await backend.set_triage("acme-r3", TriageState.ACKED, by="carol", tenant="acme")
+    await asyncio.sleep(TASKS_TTL_S + 0.1)
+    later = await client.get(url, headers=h)
+    assert {t["triage"] for t in later.json()["tasks"]} == {"acked"}
 
 
 async def test_status_and_triage_transitions(client: httpx.AsyncClient, backend: Backend) -> None:

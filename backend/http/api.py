@@ -22,7 +22,11 @@ Caching: `query_range` answers are cached in the facade's cache (memory, then Re
 the window reaches the present (windows given relative to now are aligned to whole seconds, so
 a dashboard refreshing every second shares one query) and 5 min when it lies wholly in the past
 (lines pushed late with old timestamps show up after that); `X-Cache: hit|miss` says which.
-Summaries are cached by the facade (`?refresh=true` makes a new one: operator role).
+Task lists (`GET /api/tasks`) are cached for 1 s, so dashboards polling one URL share a query
+a second; relative windows are aligned to whole seconds as above. A triage or status change
+made through this process shows in the next list at once; runs changed by pushed lines or by
+another process show within that second. Summaries are cached by the facade (`?refresh=true`
+makes a new one: operator role).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from .. import __version__
 from ..apikeys import ApiKey
+from ..cache import get_or_compute
 from ..errors import (
     AgentlogError,
     InvalidTransition,
@@ -94,6 +99,7 @@ NS = 1_000_000_000
 MAX_LIMIT = 5000
 MAX_QUERY = 16_384
 LIVE_TTL_S = 2.0
+TASKS_TTL_S = 1.0  # a task list may be this old (a triage through this port shows at once)
 PAST_TTL_S = 300.0
 TAIL_FRAME_ENTRIES = 500
 RUN_ID_MAX = 256
@@ -716,10 +722,28 @@ async def list_tasks(
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> Response:
     """Runs of the caller's tenant; filters repeat (`status=failed&status=timeout`). Keyset
-    pagination: pass `next_cursor` back as `cursor` (with the same filters and sort)."""
+    pagination: pass `next_cursor` back as `cursor` (with the same filters and sort). Cached
+    for 1 s (see the module doc); `X-Cache: hit|miss`."""
+    ctx = _ctx(request)
     since_ns = until_ns = None
     if start is not None or end is not None or since is not None:
-        since_ns, until_ns = window(start, end, since, default_since="100000d")
+        align = NS if end is None else 1
+        since_ns, until_ns = window(start, end, since, default_since="100000d", align_ns=align)
+    raw = repr(
+        (
+            sorted(status),
+            sorted(agent),
+            sorted(triage),
+            since_ns,
+            until_ns,
+            q,
+            sort.value,
+            limit,
+            cursor,
+            ctx.task_writes.get(ident.tenant, 0),
+        )
+    )
+    key = f"api:tasks:{ident.tenant}:{hashlib.sha256(raw.encode()).hexdigest()[:40]}"
     flt = TaskFilter(
         statuses=tuple(status),
         agents=tuple(agent),
@@ -729,15 +753,25 @@ async def list_tasks(
         text=q,
         tenant=ident.tenant,
     )
-    try:
-        page = await _ctx(request).backend.list_tasks(flt, sort=sort, limit=limit, cursor=cursor)
-    except UsageError as exc:
-        if cursor and "cursor" in str(exc):
-            raise field_error(("query", "cursor"), str(exc), cursor) from None
-        raise
-    return _json(
-        TaskPageOut(tasks=[TaskOut.of(t) for t in page.tasks], next_cursor=page.next_cursor)
-    )
+    computed = False
+
+    async def compute() -> bytes:
+        nonlocal computed
+        computed = True
+        try:
+            page = await ctx.backend.list_tasks(flt, sort=sort, limit=limit, cursor=cursor)
+        except UsageError as exc:
+            if cursor and "cursor" in str(exc):
+                raise field_error(("query", "cursor"), str(exc), cursor) from None
+            raise
+        out = TaskPageOut(tasks=[TaskOut.of(t) for t in page.tasks], next_cursor=page.next_cursor)
+        return out.model_dump_json().encode()
+
+    # Requests for one page while it is being read share that read (the second's expiry would
+    # otherwise send every polling dashboard to the task table at once).
+    body = await get_or_compute(ctx.backend.cache, key, compute, TASKS_TTL_S)
+    headers = {"X-Cache": "miss" if computed else "hit"}
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/tasks/{run_id}", response_model=TaskOut, summary="One run", responses=NOT_FOUND)
@@ -857,14 +891,20 @@ async def put_status(
     new -> acked/resolved/ignored, acked -> resolved/ignored/new, resolved -> new/acked,
     ignored -> new. A forbidden change is a 409 (the status is applied before the triage).
     The triage is recorded as set by the caller (the token's subject)."""
-    backend = _ctx(request).backend
+    ctx = _ctx(request)
+    backend = ctx.backend
     task = None
-    if body.status is not None:
-        task = await backend.set_status(run_id, body.status, tenant=ident.tenant)
-    if body.triage is not None:
-        task = await backend.set_triage(
-            run_id, body.triage, by=ident.subject, note=body.note, tenant=ident.tenant
-        )
+    try:
+        if body.status is not None:
+            task = await backend.set_status(run_id, body.status, tenant=ident.tenant)
+        if body.triage is not None:
+            task = await backend.set_triage(
+                run_id, body.triage, by=ident.subject, note=body.note, tenant=ident.tenant
+            )
+    finally:
+        # The caller's next task list shows the change (not a cached page from before it);
+        # also when the status went through and the triage was refused.
+        ctx.task_writes[ident.tenant] = ctx.task_writes.get(ident.tenant, 0) + 1
     assert task is not None
     return _json(TaskOut.of(task))
 

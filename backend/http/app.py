@@ -96,6 +96,7 @@ class AppContext:
     tenants: set[str] = field(default_factory=set)  # seen by the guard (for /metrics)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown
     frames: FrameCache = field(default_factory=FrameCache)  # tail frames, encoded once
+    task_writes: dict[str, int] = field(default_factory=dict)  # per tenant: in task list keys
 
 
 _PLAIN: dict[str, object] = {"content": {"text/plain": {"schema": {"type": "string"}}}}
