@@ -543,7 +543,7 @@ async def _backfill_total(ctx: AppContext, query: str, start: int, tenant: str) 
 
 def _tail_streams(entries: Sequence[TailEntry]) -> list[dict[str, Any]]:
     """Entries grouped by stream, in the shape query_range answers with: each stream's labels
-    once, not once per line (a frame is then a third of the size to build, send and parse)."""
+    once per frame, not once per line (less to build, send and parse for every tail)."""
     streams: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
     for te in entries:
         key = tuple(sorted(te.labels.items()))
