@@ -612,13 +612,18 @@ async def test_a_tail_client_that_stops_reading_is_told_what_it_missed(tmp_path:
     """A client that stops reading: once the socket's buffers are full the server's send waits,
     that tail's queue drops its oldest lines and says so; another tail gets every line."""
     be = await backend_at(tmp_path, {"server.jwt_secret": SECRET, "embedded.tail_buffer": 200})
-    n, per_push, pad = 4000, 100, "x" * 8000  # 32 MB: more than loopback's socket buffers hold
+    n, per_push, pad = 4000, 100, "x" * 8000  # 32 MB: far more than the sockets' buffers hold
     q = urlencode({"query": '{agent="slowpoke"}', "limit": 0})
+    # A fixed, small receive buffer: autotuning could otherwise grow it to tcp_rmem's maximum.
+    small = socket.socket()
+    small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     try:
         async with run_server(create_app(be)) as srv:
             url, h = f"{srv.ws_url}/api/logs/tail?{q}", bearer(token())
+            small.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(small, (srv.host, srv.port))
             async with (
-                websockets.connect(url, additional_headers=h, max_queue=1) as slow,
+                websockets.connect(url, additional_headers=h, max_queue=1, sock=small) as slow,
                 websockets.connect(url, additional_headers=h) as fast,
             ):
                 for ws in (slow, fast):
@@ -650,6 +655,7 @@ async def test_a_tail_client_that_stops_reading_is_told_what_it_missed(tmp_path:
                 assert delivered == sorted(set(delivered))  # in order, none twice
                 assert delivered[-1] == n - 1  # it ends with the newest
     finally:
+        small.close()
         await be.close()
 
 
